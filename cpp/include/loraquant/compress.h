@@ -1,0 +1,51 @@
+// LoRAQuant compression: thin SVD, width per component, per-group quantizers, packing.
+#ifndef LORAQUANT_COMPRESS_H
+#define LORAQUANT_COMPRESS_H
+
+#include <cstdint>
+#include <vector>
+
+#include "loraquant/module.h"
+
+namespace loraquant {
+
+struct CompressOptions {
+  double bits = 2.0;         // budget mode: average bits per weight, every stored byte counted
+  double rho = 0.0;          // > 0 selects paper mode: energy share of the high part
+  uint32_t high_bits = 2;    // paper mode: width of the high part (2..8); the rest is 1 bit
+  uint32_t group_size = 128; // entries per quantization group
+  bool range_search = true;  // RTN groups pick the least-error shrunken range
+  uint32_t refit_rounds = 0; // least-squares re-fits of one factor against the other
+};
+
+// One LoRA pair: A is r x n, B is m x r, both row-major float64; update = scaling * B A.
+struct PairInput {
+  const double* A = nullptr;
+  const double* B = nullptr;
+  uint32_t m = 0, n = 0, r = 0;
+  double scaling = 1.0;
+};
+
+struct Compressed {
+  Module module;
+  std::vector<double> sigma;  // singular values of scaling * B A (r, descending)
+  double rel_error = 0.0;     // |s B A - B_hat A_hat|_F / |s B A|_F (0 when s B A = 0)
+};
+
+// Compress one pair. Throws std::invalid_argument on bad input or options.
+Compressed compress(const PairInput& in, const CompressOptions& opt);
+
+// Compress many pairs. In budget mode one budget of `bits` per weight is shared by all
+// pairs, so that the summed squared error is minimised; in paper mode each pair is
+// compressed alone. Uses OpenMP threads where built with it.
+std::vector<Compressed> compress_many(const std::vector<PairInput>& in,
+                                      const CompressOptions& opt);
+
+// Paper mode's split: the number of leading components whose cumulative share of
+// sum(sigma^2) first reaches rho (the paper's text). The authors' public code keeps one
+// fewer (the 0-based index of the first crossing, at least 1); see README.
+uint32_t paper_split(const std::vector<double>& sigma, double rho);
+
+}  // namespace loraquant
+
+#endif

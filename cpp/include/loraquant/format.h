@@ -1,0 +1,129 @@
+/* loraquant packed formats: the one definition of every stored layout.
+ *
+ * Included by the C++ core, the CUDA kernels and the C API, so a layout is never
+ * retyped. Plain C99/C++ with no dependencies. Everything is little-endian.
+ *
+ * A compressed LoRA module approximates  dW = s * B @ A  (B: m x r, A: r x n) by
+ *
+ *     dW_hat = sum_i  b_i a_i^T        i = 0 .. r-1,
+ *
+ * where b_i (length m) and a_i (length n) are the i-th SVD component with the
+ * singular value and the scaling s folded in (b_i = u_i sqrt(s sigma_i),
+ * a_i = v_i sqrt(s sigma_i)). Component i is stored at width w_i bits per entry:
+ *
+ *   w = 0    the component is dropped; nothing is stored for it.
+ *   w = 1    x = code ? +alpha : -alpha              (alpha per group)
+ *   w = 2..8 x = zmin + code * delta, code in [0, 2^w - 1]   (delta, zmin per group)
+ *
+ * Groups are LQ group_size consecutive entries of one vector (down a column of B',
+ * along a row of A'), so a group never mixes components. The last group of a
+ * vector may be shorter.
+ *
+ * ---- the blob: one module, as QuantizedLoRA.to_bytes() writes it ----------------
+ *
+ *   lq_blob_header      48 bytes, below (not counted in avg_bits: fixed size)
+ *   payload             payload_bytes bytes, all counted in avg_bits:
+ *
+ *     uint8  widths[r]              width of each component, 0..8
+ *     uint8  pad[]                  zeros up to a multiple of 4 bytes
+ *     float  unit                   power of two; every fp16 scale is in units of it
+ *     for i in 0..r-1 with widths[i] > 0:
+ *        vector block of b_i (length m)
+ *        vector block of a_i (length n)
+ *
+ *   vector block (length L, width w, G = ceil(L / group_size) groups):
+ *     scales    w == 1: G x fp16 alpha;  w >= 2: G x { fp16 delta, fp16 zmin }
+ *               each value is half_to_float(h) * unit
+ *     pad       zeros up to a multiple of 4 bytes
+ *     codes     ceil(L * w / 32) uint32 words. Entry j occupies bits j*w .. j*w+w-1
+ *               of the little-endian bit stream formed by the words (bit k of the
+ *               stream is bit k%32 of word k/32). An entry may straddle two words
+ *               (w = 3, 5, 6, 7). Unused high bits of the last word are zero.
+ *
+ * Bits per weight of a component at width w with group size g, per vector entry:
+ *   w + 16/g (w == 1) or w + 32/g (w >= 2), plus padding to 4 bytes per vector.
+ *   At g = 128: 1.125, 2.25, 3.25, 4.25 ... bits.
+ */
+#ifndef LORAQUANT_FORMAT_H
+#define LORAQUANT_FORMAT_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#if defined(__CUDACC__)
+#define LQ_HD __host__ __device__ __forceinline__
+#else
+#define LQ_HD static inline
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LQ_BLOB_MAGIC "LQM1"     /* first 4 bytes of a blob */
+#define LQ_BLOB_VERSION 1
+#define LQ_MAX_WIDTH 8           /* widest code, bits */
+#define LQ_MAX_RANK 4096         /* largest rank a blob may declare */
+#define LQ_MAX_DIM (1u << 24)    /* largest m or n a blob may declare */
+#define LQ_MAX_GROUP (1u << 20)  /* largest group size a blob may declare */
+#define LQ_SCALE_FORMAT_FP16 0   /* per-group fp16 scales in units of `unit` */
+
+/* Fixed header in front of a module's payload. 48 bytes, little-endian. */
+typedef struct lq_blob_header {
+  char magic[4];           /* "LQM1" */
+  uint16_t version;        /* LQ_BLOB_VERSION */
+  uint16_t header_bytes;   /* sizeof(lq_blob_header) = 48 */
+  uint32_t m;              /* out features (rows of B) */
+  uint32_t n;              /* in features (columns of A) */
+  uint32_t r;              /* rank: number of stored component slots */
+  uint32_t group_size;     /* entries per quantization group, >= 1 */
+  uint32_t scale_format;   /* LQ_SCALE_FORMAT_FP16 */
+  uint32_t reserved0;      /* zero */
+  uint64_t payload_bytes;  /* bytes that follow the header */
+  uint32_t payload_crc32;  /* CRC-32 (IEEE, reflected, as zlib) of the payload */
+  uint32_t reserved1;      /* zero */
+} lq_blob_header;
+
+#ifdef __cplusplus
+static_assert(sizeof(lq_blob_header) == 48, "lq_blob_header must be 48 bytes");
+#endif
+
+/* Bytes of the per-group scales of one vector block, before padding. */
+LQ_HD uint64_t lq_scale_bytes(uint64_t len, uint32_t width, uint32_t group_size) {
+  uint64_t groups = (len + group_size - 1) / group_size;
+  return width == 0 ? 0 : groups * (width == 1 ? 2u : 4u);
+}
+
+/* Round up to a multiple of 4 bytes. */
+LQ_HD uint64_t lq_pad4(uint64_t bytes) { return (bytes + 3u) & ~(uint64_t)3u; }
+
+/* Number of uint32 code words of one vector block. */
+LQ_HD uint64_t lq_code_words(uint64_t len, uint32_t width) {
+  return (len * width + 31u) / 32u;
+}
+
+/* Total bytes of one vector block (scales, pad, codes). */
+LQ_HD uint64_t lq_vector_bytes(uint64_t len, uint32_t width, uint32_t group_size) {
+  if (width == 0) return 0;
+  return lq_pad4(lq_scale_bytes(len, width, group_size)) + 4u * lq_code_words(len, width);
+}
+
+/* Bytes before the first vector block: widths, pad, unit. */
+LQ_HD uint64_t lq_prefix_bytes(uint32_t r) { return lq_pad4(r) + 4u; }
+
+/* Code of entry j of a code stream of the given width. */
+LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
+  uint64_t bit = j * width;
+  uint64_t k = bit >> 5;
+  uint32_t shift = (uint32_t)(bit & 31u);
+  uint32_t mask = (1u << width) - 1u;
+  uint32_t v = words[k] >> shift;
+  if (shift + width > 32u) v |= words[k + 1] << (32u - shift);
+  return v & mask;
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LORAQUANT_FORMAT_H */

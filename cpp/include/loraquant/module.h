@@ -1,0 +1,69 @@
+// A compressed LoRA module: the packed payload of format.h and what can be done with it.
+#ifndef LORAQUANT_MODULE_H
+#define LORAQUANT_MODULE_H
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace loraquant {
+
+// Malformed serialized data: truncated, corrupted, or of an unknown version.
+struct FormatError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Where each component's vector blocks lie inside the payload (derived, never stored).
+struct Layout {
+  std::vector<uint64_t> b_offset, a_offset;  // per component; meaningless at width 0
+  uint64_t payload_bytes = 0;
+};
+Layout make_layout(uint32_t m, uint32_t n, uint32_t r, uint32_t group,
+                   const uint8_t* widths);
+
+class Module {
+ public:
+  Module() = default;
+  // Takes a payload laid out as format.h says; throws FormatError if it is not.
+  Module(uint32_t m, uint32_t n, uint32_t r, uint32_t group, std::vector<uint8_t> payload);
+
+  // Header + payload, and its exact inverse (checks sizes, version and CRC-32).
+  std::vector<uint8_t> to_bytes() const;
+  static Module from_bytes(const uint8_t* data, size_t size);
+
+  uint32_t m() const { return m_; }
+  uint32_t n() const { return n_; }
+  uint32_t r() const { return r_; }
+  uint32_t group_size() const { return group_; }
+  const uint8_t* widths() const { return payload_.data(); }
+  float unit() const { return unit_; }
+  const std::vector<uint8_t>& payload() const { return payload_; }
+  const Layout& layout() const { return layout_; }
+  // Every stored byte (widths, pad, unit, scales, codes), and per weight of r(m+n).
+  size_t nbytes() const { return payload_.size(); }
+  double avg_bits() const;
+
+  // A_hat: r x n row-major, B_hat: m x r row-major, so that B_hat @ A_hat = dW_hat.
+  void dequantize(float* A_hat, float* B_hat) const;
+  // y (batch x m) = x (batch x n) @ dW_hat^T, decoding the packed codes on the fly.
+  void apply(const float* x, size_t batch, float* y) const;
+  // Reference for apply: dequantize, then a plain triple loop.
+  void apply_ref(const float* x, size_t batch, float* y) const;
+
+  const uint8_t* b_block(uint32_t i) const { return payload_.data() + layout_.b_offset[i]; }
+  const uint8_t* a_block(uint32_t i) const { return payload_.data() + layout_.a_offset[i]; }
+
+ private:
+  uint32_t m_ = 0, n_ = 0, r_ = 0, group_ = 0;
+  float unit_ = 1.0f;
+  std::vector<uint8_t> payload_;
+  Layout layout_;
+};
+
+uint32_t crc32(const uint8_t* data, size_t size);
+
+}  // namespace loraquant
+
+#endif

@@ -1,0 +1,134 @@
+// compress / compress_many: validate, factor, choose widths, pack.
+#include "loraquant/compress.h"
+
+#include <Eigen/Dense>
+#include <cmath>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "candidates.h"
+#include "loraquant/format.h"
+#include "loraquant/svd.h"
+
+namespace loraquant {
+
+namespace {
+
+void check_options(const CompressOptions& o) {
+  if (!(o.bits > 0 && o.bits <= 16))
+    throw std::invalid_argument("bits must be in (0, 16], got " + std::to_string(o.bits));
+  if (o.rho != 0 && !(o.rho > 0 && o.rho <= 1))
+    throw std::invalid_argument("rho must be in (0, 1], got " + std::to_string(o.rho));
+  if (o.high_bits < 2 || o.high_bits > LQ_MAX_WIDTH)
+    throw std::invalid_argument("high_bits must be in 2..8, got " + std::to_string(o.high_bits));
+  if (o.group_size == 0 || o.group_size > LQ_MAX_GROUP)
+    throw std::invalid_argument("group_size must be in 1.." + std::to_string(LQ_MAX_GROUP) +
+                                ", got " + std::to_string(o.group_size));
+}
+
+void check_pair(const PairInput& p) {
+  if (!p.A || !p.B) throw std::invalid_argument("A and B must not be null");
+  if (p.r == 0) throw std::invalid_argument("rank r must be at least 1");
+  if (p.r > LQ_MAX_RANK)
+    throw std::invalid_argument("rank " + std::to_string(p.r) + " exceeds the maximum " +
+                                std::to_string(LQ_MAX_RANK));
+  if (p.m == 0 || p.n == 0 || p.m > LQ_MAX_DIM || p.n > LQ_MAX_DIM)
+    throw std::invalid_argument("shape (" + std::to_string(p.m) + ", " + std::to_string(p.n) +
+                                ") out of range 1.." + std::to_string(LQ_MAX_DIM));
+}
+
+std::vector<uint8_t> paper_widths(const std::vector<double>& sigma, const CompressOptions& o) {
+  const uint32_t h = paper_split(sigma, o.rho);
+  std::vector<uint8_t> w(sigma.size(), 0);
+  for (size_t i = 0; i < sigma.size(); ++i)
+    if (sigma[i] > 0) w[i] = i < h ? (uint8_t)o.high_bits : 1;
+  return w;
+}
+
+// Exact |X - Y|_F / |X|_F for X = sum b_i a_i^T (exact factors) and Y from the
+// decoded factors, through r x r Gram matrices.
+double relative_error(const Factors& f, const std::vector<float>& bh, const std::vector<float>& ah) {
+  using M = Eigen::MatrixXd;
+  Eigen::Map<const M> B(f.b.data(), f.m, f.r), A(f.a.data(), f.n, f.r);
+  M Bh = Eigen::Map<const Eigen::MatrixXf>(bh.data(), f.m, f.r).cast<double>();
+  M Ah = Eigen::Map<const Eigen::MatrixXf>(ah.data(), f.n, f.r).cast<double>();
+  double xx = 0;
+  for (double s : f.sigma) xx += s * s;
+  double xy = ((B.transpose() * Bh).cwiseProduct(A.transpose() * Ah)).sum();
+  double yy = ((Bh.transpose() * Bh).cwiseProduct(Ah.transpose() * Ah)).sum();
+  double d = std::max(0.0, xx - 2 * xy + yy);
+  if (xx <= 0) return d > 0 ? INFINITY : 0.0;
+  return std::sqrt(d / xx);
+}
+
+Compressed finish(Candidates& c, const std::vector<uint8_t>& widths, const CompressOptions& o) {
+  Compressed out;
+  const Factors& f = c.factors();
+  out.module = Module(f.m, f.n, f.r, o.group_size, c.payload(widths));
+  out.sigma = f.sigma;
+  std::vector<float> bh, ah;
+  c.decoded(widths, bh, ah);
+  out.rel_error = relative_error(f, bh, ah);
+  return out;
+}
+
+}  // namespace
+
+uint32_t paper_split(const std::vector<double>& sigma, double rho) {
+  double total = 0;
+  for (double s : sigma) total += s * s;
+  if (!(total > 0)) return 0;
+  double acc = 0;
+  for (size_t i = 0; i < sigma.size(); ++i) {
+    acc += sigma[i] * sigma[i];
+    if (acc >= rho * total * (1 - 1e-12)) return (uint32_t)(i + 1);
+  }
+  return (uint32_t)sigma.size();
+}
+
+std::vector<Compressed> compress_many(const std::vector<PairInput>& in, const CompressOptions& o) {
+  check_options(o);
+  for (const PairInput& p : in) check_pair(p);
+  const long np = (long)in.size();
+  std::vector<std::unique_ptr<Candidates>> cands(in.size());
+  std::vector<std::string> errors(in.size());
+  const bool paper = o.rho > 0;
+#pragma omp parallel for schedule(dynamic)
+  for (long k = 0; k < np; ++k) {
+    try {
+      const PairInput& p = in[k];
+      cands[k].reset(new Candidates(thin_svd(p.A, p.B, p.m, p.n, p.r, p.scaling), o.group_size,
+                                    o.range_search));
+      cands[k]->precompute(paper ? 0 : 4);
+    } catch (const std::exception& e) {
+      errors[k] = e.what();
+    }
+  }
+  for (long k = 0; k < np; ++k)
+    if (!errors[k].empty())
+      throw std::invalid_argument(np > 1 ? "pair " + std::to_string(k) + ": " + errors[k] : errors[k]);
+
+  std::vector<std::vector<uint8_t>> widths(in.size());
+  if (paper) {
+    for (long k = 0; k < np; ++k) widths[k] = paper_widths(cands[k]->factors().sigma, o);
+  } else {
+    double weights = 0, fixed = 0;
+    for (const PairInput& p : in) {
+      weights += (double)p.r * ((double)p.m + (double)p.n);
+      fixed += (double)lq_prefix_bytes(p.r);
+    }
+    std::vector<Candidates*> ptrs;
+    for (auto& c : cands) ptrs.push_back(c.get());
+    widths = allocate_greedy(ptrs, (int64_t)std::floor(o.bits * weights / 8.0 - fixed));
+  }
+  std::vector<Compressed> out(in.size());
+  for (long k = 0; k < np; ++k) out[k] = finish(*cands[k], widths[k], o);
+  return out;
+}
+
+Compressed compress(const PairInput& in, const CompressOptions& opt) {
+  return std::move(compress_many({in}, opt)[0]);
+}
+
+}  // namespace loraquant

@@ -1,0 +1,134 @@
+// Module: validation, serialisation and dequantization of the packed payload.
+#include "loraquant/module.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "loraquant/format.h"
+#include "loraquant/quantize.h"
+
+namespace loraquant {
+
+uint32_t crc32(const uint8_t* data, size_t size) {
+  static uint32_t table[256];
+  static bool ready = [] {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      table[i] = c;
+    }
+    return true;
+  }();
+  (void)ready;
+  uint32_t c = 0xFFFFFFFFu;
+  for (size_t i = 0; i < size; ++i) c = table[(c ^ data[i]) & 0xFFu] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+Layout make_layout(uint32_t m, uint32_t n, uint32_t r, uint32_t group,
+                   const uint8_t* widths) {
+  Layout L;
+  L.b_offset.assign(r, 0);
+  L.a_offset.assign(r, 0);
+  uint64_t off = lq_prefix_bytes(r);
+  for (uint32_t i = 0; i < r; ++i) {
+    L.b_offset[i] = off;
+    off += lq_vector_bytes(m, widths[i], group);
+    L.a_offset[i] = off;
+    off += lq_vector_bytes(n, widths[i], group);
+  }
+  L.payload_bytes = off;
+  return L;
+}
+
+static void check_dims(uint32_t m, uint32_t n, uint32_t r, uint32_t group) {
+  auto bad = [](const std::string& what) { throw FormatError("invalid module: " + what); };
+  if (m == 0 || n == 0 || m > LQ_MAX_DIM || n > LQ_MAX_DIM)
+    bad("shape (" + std::to_string(m) + ", " + std::to_string(n) + ") out of range");
+  if (r == 0 || r > LQ_MAX_RANK) bad("rank " + std::to_string(r) + " out of range");
+  if (group == 0 || group > LQ_MAX_GROUP)
+    bad("group size " + std::to_string(group) + " out of range");
+}
+
+Module::Module(uint32_t m, uint32_t n, uint32_t r, uint32_t group, std::vector<uint8_t> payload)
+    : m_(m), n_(n), r_(r), group_(group), payload_(std::move(payload)) {
+  check_dims(m, n, r, group);
+  const uint64_t prefix = lq_prefix_bytes(r);
+  if (payload_.size() < prefix)
+    throw FormatError("payload of " + std::to_string(payload_.size()) +
+                      " bytes is shorter than its " + std::to_string(prefix) + "-byte prefix");
+  for (uint32_t i = 0; i < r; ++i)
+    if (payload_[i] > LQ_MAX_WIDTH)
+      throw FormatError("component " + std::to_string(i) + " has width " +
+                        std::to_string(payload_[i]) + " > 8");
+  layout_ = make_layout(m, n, r, group, payload_.data());
+  if (layout_.payload_bytes != payload_.size())
+    throw FormatError("payload is " + std::to_string(payload_.size()) +
+                      " bytes but its widths imply " + std::to_string(layout_.payload_bytes));
+  std::memcpy(&unit_, payload_.data() + prefix - 4, 4);
+  if (!(unit_ > 0) || !std::isfinite(unit_))
+    throw FormatError("scale unit " + std::to_string(unit_) + " is not a positive finite number");
+}
+
+double Module::avg_bits() const {
+  return 8.0 * (double)nbytes() / ((double)r_ * ((double)m_ + (double)n_));
+}
+
+std::vector<uint8_t> Module::to_bytes() const {
+  lq_blob_header h;
+  std::memset(&h, 0, sizeof h);
+  std::memcpy(h.magic, LQ_BLOB_MAGIC, 4);
+  h.version = LQ_BLOB_VERSION;
+  h.header_bytes = sizeof(lq_blob_header);
+  h.m = m_;
+  h.n = n_;
+  h.r = r_;
+  h.group_size = group_;
+  h.scale_format = LQ_SCALE_FORMAT_FP16;
+  h.payload_bytes = payload_.size();
+  h.payload_crc32 = crc32(payload_.data(), payload_.size());
+  std::vector<uint8_t> out(sizeof h + payload_.size());
+  std::memcpy(out.data(), &h, sizeof h);
+  std::memcpy(out.data() + sizeof h, payload_.data(), payload_.size());
+  return out;
+}
+
+Module Module::from_bytes(const uint8_t* data, size_t size) {
+  lq_blob_header h;
+  if (size < sizeof h)
+    throw FormatError("truncated: " + std::to_string(size) + " bytes, a module header alone is " +
+                      std::to_string(sizeof h));
+  std::memcpy(&h, data, sizeof h);
+  if (std::memcmp(h.magic, LQ_BLOB_MAGIC, 4) != 0) throw FormatError("bad magic: not a loraquant module");
+  if (h.version != LQ_BLOB_VERSION)
+    throw FormatError("unsupported module version " + std::to_string(h.version));
+  if (h.header_bytes != sizeof h || h.scale_format != LQ_SCALE_FORMAT_FP16 || h.reserved0 ||
+      h.reserved1)
+    throw FormatError("corrupt module header");
+  check_dims(h.m, h.n, h.r, h.group_size);
+  if (h.payload_bytes != size - sizeof h)
+    throw FormatError((h.payload_bytes > size - sizeof h ? "truncated: " : "trailing data: ") +
+                      std::string("header declares ") + std::to_string(h.payload_bytes) +
+                      " payload bytes, " + std::to_string(size - sizeof h) + " present");
+  if (crc32(data + sizeof h, size - sizeof h) != h.payload_crc32)
+    throw FormatError("checksum mismatch: the module's payload is corrupted");
+  return Module(h.m, h.n, h.r, h.group_size,
+                std::vector<uint8_t>(data + sizeof h, data + size));
+}
+
+void Module::dequantize(float* A_hat, float* B_hat) const {
+  std::memset(A_hat, 0, sizeof(float) * (size_t)r_ * n_);
+  std::memset(B_hat, 0, sizeof(float) * (size_t)m_ * r_);
+  std::vector<float> tmp(std::max(m_, n_));
+  for (uint32_t i = 0; i < r_; ++i) {
+    uint32_t w = widths()[i];
+    if (w == 0) continue;
+    decode_vector(b_block(i), m_, w, group_, unit_, tmp.data());
+    for (uint32_t j = 0; j < m_; ++j) B_hat[(size_t)j * r_ + i] = tmp[j];
+    decode_vector(a_block(i), n_, w, group_, unit_, A_hat + (size_t)i * n_);
+  }
+}
+
+}  // namespace loraquant

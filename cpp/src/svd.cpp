@@ -1,0 +1,63 @@
+// Thin SVD of s * B @ A through two QR factorisations and an r x r SVD (Eigen).
+#include "loraquant/svd.h"
+
+#include <Eigen/Dense>
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace loraquant {
+
+namespace {
+using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Mat = Eigen::MatrixXd;
+
+// Thin QR: X (rows x cols) = Q R with Q rows x k orthonormal, k = min(rows, cols).
+void thin_qr(const Mat& X, Mat& Q, Mat& R) {
+  const Eigen::Index k = std::min(X.rows(), X.cols());
+  Eigen::HouseholderQR<Mat> qr(X);
+  Q = qr.householderQ() * Mat::Identity(X.rows(), k);
+  R = qr.matrixQR().topRows(k).triangularView<Eigen::Upper>();
+}
+}  // namespace
+
+Factors thin_svd(const double* A, const double* B, uint32_t m, uint32_t n, uint32_t r,
+                 double scaling) {
+  if (!std::isfinite(scaling)) throw std::invalid_argument("scaling must be finite");
+  Eigen::Map<const RowMat> Am(A, r, n), Bm(B, m, r);
+  if (!Am.allFinite()) throw std::invalid_argument("A contains NaN or Inf");
+  if (!Bm.allFinite()) throw std::invalid_argument("B contains NaN or Inf");
+
+  Mat Qb, Rb, Qa, Ra;
+  thin_qr(Bm, Qb, Rb);               // B   = Qb Rb,  Rb: kb x r
+  thin_qr(Am.transpose(), Qa, Ra);   // A^T = Qa Ra,  Ra: ka x r
+  Mat core = Rb * Ra.transpose();    // B A = Qb core Qa^T
+  Eigen::JacobiSVD<Mat> svd(core, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  Mat U = Qb * svd.matrixU();        // m x k
+  Mat V = Qa * svd.matrixV();        // n x k
+  const Eigen::VectorXd& S = svd.singularValues();
+  const Eigen::Index k = S.size();
+
+  Factors f;
+  f.m = m;
+  f.n = n;
+  f.r = r;
+  f.sigma.assign(r, 0.0);
+  f.b.assign((size_t)r * m, 0.0);
+  f.a.assign((size_t)r * n, 0.0);
+  const double s_abs = std::fabs(scaling), s_sign = scaling < 0 ? -1.0 : 1.0;
+  for (Eigen::Index i = 0; i < k && i < (Eigen::Index)r; ++i) {
+    double sig = S(i) * s_abs;
+    f.sigma[i] = sig;
+    if (!(sig > 0)) continue;  // numerically zero: leave the slot empty
+    Eigen::Index arg = 0;
+    U.col(i).cwiseAbs().maxCoeff(&arg);
+    double flip = U(arg, i) < 0 ? -1.0 : 1.0;
+    double root = std::sqrt(sig);
+    for (uint32_t j = 0; j < m; ++j) f.b[(size_t)i * m + j] = s_sign * flip * root * U(j, i);
+    for (uint32_t j = 0; j < n; ++j) f.a[(size_t)i * n + j] = flip * root * V(j, i);
+  }
+  return f;
+}
+
+}  // namespace loraquant

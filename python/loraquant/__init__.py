@@ -1,0 +1,20 @@
+"""loraquant: compress LoRA adapters to about 2 bits per weight and serve them packed.
+
+    import loraquant
+    q = loraquant.compress(lora_A, lora_B, bits=2.0, scaling=alpha / r)
+    y = q.apply(x)              # x @ dW_hat^T from the packed codes
+    A_hat, B_hat = q.dequantize()
+"""
+from . import _core
+from ._api import QuantizedLoRA, compress
+from ._core import FormatError
+
+__version__ = _core.build_info()["version"]
+
+
+def build_info() -> dict:
+    """What this build was compiled with: version, compiler, eigen, openmp, cuda."""
+    return dict(_core.build_info())
+
+
+__all__ = ["QuantizedLoRA", "compress", "FormatError", "build_info", "__version__"]

@@ -1,0 +1,172 @@
+"""compress() and QuantizedLoRA: the thin Python face of loraquant._core."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _core
+from . import _validate as V
+
+MAX_GROUP = 1 << 20
+
+
+@dataclass(frozen=True)
+class Options:
+    """Resolved compression options, as the core takes them."""
+    bits: float = 2.0
+    rho: float = 0.0          # 0: budget mode; > 0: paper mode
+    high_bits: int = 2
+    group_size: int = 128
+    range_search: bool = True
+    refit_rounds: int = 0
+
+    def core_kwargs(self) -> dict:
+        return dict(bits=self.bits, rho=self.rho, high_bits=self.high_bits,
+                    group_size=self.group_size, range_search=self.range_search,
+                    refit_rounds=self.refit_rounds)
+
+
+def resolve_options(bits=None, rho=None, high_bits=None, group_size=128,
+                    range_search=True, refit_rounds=None) -> Options:
+    """Check every option and pick the mode: `rho` selects paper mode, else budget mode."""
+    group_size = V.integer(group_size, "group_size", 1, MAX_GROUP)
+    if rho is not None:
+        if bits is not None:
+            raise ValueError("give either bits (budget mode) or rho (paper mode), not both")
+        rho = V.real(rho, "rho", 0.0, 1.0)
+        hb = 2 if high_bits is None else V.integer(high_bits, "high_bits", 2, 8)
+        return Options(bits=2.0, rho=rho, high_bits=hb, group_size=group_size,
+                       range_search=bool(range_search), refit_rounds=0)
+    if high_bits is not None:
+        V.integer(high_bits, "high_bits", 2, 8)
+        raise ValueError("high_bits applies to paper mode only: pass rho as well")
+    b = 2.0 if bits is None else V.real(bits, "bits", 0.0, 16.0)
+    rr = 0 if refit_rounds is None else V.integer(refit_rounds, "refit_rounds", 0, 100)
+    return Options(bits=b, group_size=group_size, range_search=bool(range_search),
+                   refit_rounds=rr)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:  # numpy-only installs still work
+        return None
+    return torch
+
+
+class QuantizedLoRA:
+    """One compressed LoRA module: dW_hat = B_hat @ A_hat, stored packed.
+
+    shape is (m, n) of the update, rank is r of the input pair. widths[i] is the bit
+    width of SVD component i (0: dropped). avg_bits counts every stored byte.
+    """
+
+    def __init__(self, module: "_core.Module", singular_values=None, rel_error=None):
+        self._m = module
+        self.singular_values = (None if singular_values is None
+                                else np.asarray(singular_values, dtype=np.float64))
+        #: |s B A - B_hat A_hat|_F / |s B A|_F, measured when compressed (else None)
+        self.rel_error = rel_error
+
+    # --- what it is -------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._m.m, self._m.n)
+
+    @property
+    def rank(self) -> int:
+        return self._m.r
+
+    @property
+    def widths(self) -> list[int]:
+        return list(self._m.widths)
+
+    @property
+    def group_size(self) -> int:
+        return self._m.group_size
+
+    @property
+    def nbytes(self) -> int:
+        """Every byte of the packed form: widths, scale unit, scales, zero points, codes."""
+        return self._m.nbytes
+
+    @property
+    def avg_bits(self) -> float:
+        """nbytes * 8 / (r * (m + n)): bits per weight of the input pair, all counted."""
+        return self._m.avg_bits
+
+    @property
+    def core(self) -> "_core.Module":
+        return self._m
+
+    def __repr__(self) -> str:
+        err = "" if self.rel_error is None else f", rel_error={self.rel_error:.4f}"
+        return (f"QuantizedLoRA(shape={self.shape}, rank={self.rank}, widths={self.widths}, "
+                f"avg_bits={self.avg_bits:.3f}, nbytes={self.nbytes}{err})")
+
+    # --- using it ---------------------------------------------------------
+    def dequantize(self):
+        """(A_hat (r, n), B_hat (m, r)) as float32 torch tensors (numpy without torch)."""
+        a, b = self._m.dequantize()
+        torch = _torch()
+        if torch is None:
+            return a, b
+        return torch.from_numpy(a), torch.from_numpy(b)
+
+    def apply(self, x):
+        """x @ (B_hat @ A_hat)^T for x of shape (..., n), decoded on the fly on the CPU.
+
+        Returns the same kind of object as x (torch tensor or numpy array), of x's
+        floating dtype; the arithmetic is float32.
+        """
+        n = self._m.n
+        torch = _torch()
+        is_torch = torch is not None and isinstance(x, torch.Tensor)
+        if is_torch:
+            if not x.is_floating_point():
+                raise TypeError(f"x must be a floating tensor, got {x.dtype}")
+            xs = x.detach().to("cpu", torch.float32).numpy()
+        elif isinstance(x, np.ndarray):
+            if x.dtype.kind != "f":
+                raise TypeError(f"x must be a floating array, got {x.dtype}")
+            xs = x.astype(np.float32, copy=False)
+        else:
+            raise TypeError(f"x must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+        if xs.ndim < 1 or xs.shape[-1] != n:
+            raise ValueError(f"x has shape {tuple(xs.shape)}; its last dimension must be n = {n}")
+        lead = xs.shape[:-1]
+        y = self._m.apply(np.ascontiguousarray(xs.reshape(-1, n)), False)
+        y = y.reshape(*lead, self._m.m)
+        if is_torch:
+            return torch.from_numpy(y).to(device=x.device, dtype=x.dtype)
+        return y.astype(x.dtype, copy=False)
+
+    # --- bytes ------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """A 48-byte header plus the packed payload (format.h); see from_bytes."""
+        return self._m.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data) -> "QuantizedLoRA":
+        """Exact inverse of to_bytes. Raises FormatError (a ValueError) on bad bytes."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"from_bytes takes bytes, got {type(data).__name__}")
+        return cls(_core.Module.from_bytes(bytes(data)))
+
+
+def compress(A, B, *, bits=None, rho=None, high_bits=None, group_size=128,
+             scaling=1.0) -> QuantizedLoRA:
+    """Compress one LoRA pair: A is lora_A.weight (r, n), B is lora_B.weight (m, r).
+
+    The update is scaling * B @ A. Budget mode (default): `bits` (2.0 unless given) is
+    the average budget per weight with every stored byte counted, and the width of each
+    SVD component is chosen to minimise the Frobenius error within it. Paper mode: give
+    `rho`; the leading components holding a share rho of the energy get `high_bits`
+    (default 2) and the rest 1 bit, as LoRAQuant describes.
+    """
+    opts = resolve_options(bits=bits, rho=rho, high_bits=high_bits, group_size=group_size)
+    a, b = V.lora_pair(A, B)
+    s = V.finite(scaling, "scaling")
+    mod, sigma, err = _core.compress(a, b, s, **opts.core_kwargs())
+    return QuantizedLoRA(mod, sigma, err)
