@@ -16,6 +16,7 @@
 #include "loraquant/module.h"
 #include "loraquant/quantize.h"
 #include "loraquant/svd.h"
+#include "../src/candidates.h"
 
 namespace py = pybind11;
 namespace lq = loraquant;
@@ -95,6 +96,10 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("widths", [](const lq::Module& s) {
         return std::vector<int>(s.widths(), s.widths() + s.r());
       })
+      .def("probe_norm", [](const lq::Module& s) {
+        py::gil_scoped_release nogil;
+        return s.probe_norm();
+      })
       .def("payload", [](const lq::Module& s) { return as_bytes(s.payload()); })
       .def("to_bytes", [](const lq::Module& s) { return as_bytes(s.to_bytes()); })
       .def_static("from_bytes", [](const py::buffer& b) {
@@ -171,6 +176,41 @@ PYBIND11_MODULE(_core, m) {
         return out;
       }, py::arg("pairs"), py::arg("bits") = 2.0, py::arg("rho") = 0.0, py::arg("high_bits") = 2,
       py::arg("group_size") = 128, py::arg("range_search") = true, py::arg("refit_rounds") = 0);
+
+  py::class_<lq::Candidates, std::shared_ptr<lq::Candidates>>(m, "Prepared")
+      .def_property_readonly("m", [](const lq::Candidates& c) { return c.factors().m; })
+      .def_property_readonly("n", [](const lq::Candidates& c) { return c.factors().n; })
+      .def_property_readonly("r", [](const lq::Candidates& c) { return c.factors().r; });
+
+  m.def("prepare", [](const F64& A, const F64& B, double scaling, double bits, double rho,
+                      uint32_t high_bits, uint32_t group_size, bool range_search,
+                      uint32_t refit_rounds) {
+        lq::PairInput p = pair_input(A, B, scaling);
+        lq::CompressOptions o = options(bits, rho, high_bits, group_size, range_search, refit_rounds);
+        py::gil_scoped_release nogil;
+        return lq::prepare(p, o);
+      }, py::arg("A"), py::arg("B"), py::arg("scaling") = 1.0, py::arg("bits") = 2.0,
+      py::arg("rho") = 0.0, py::arg("high_bits") = 2, py::arg("group_size") = 128,
+      py::arg("range_search") = true, py::arg("refit_rounds") = 0,
+      "Stage 1 of compress_many: factor one pair and encode its candidates (GIL released)");
+
+  m.def("finish", [](const std::vector<std::shared_ptr<lq::Candidates>>& prepared, double bits,
+                     double rho, uint32_t high_bits, uint32_t group_size, bool range_search,
+                     uint32_t refit_rounds) {
+        std::vector<lq::Candidates*> ptrs;
+        for (auto& p : prepared) ptrs.push_back(p.get());
+        lq::CompressOptions o = options(bits, rho, high_bits, group_size, range_search, refit_rounds);
+        std::vector<lq::Compressed> res;
+        {
+          py::gil_scoped_release nogil;
+          res = lq::finish(ptrs, o);
+        }
+        py::list out;
+        for (auto& c : res) out.append(result_tuple(std::move(c)));
+        return out;
+      }, py::arg("prepared"), py::arg("bits") = 2.0, py::arg("rho") = 0.0, py::arg("high_bits") = 2,
+      py::arg("group_size") = 128, py::arg("range_search") = true, py::arg("refit_rounds") = 0,
+      "Stage 2: choose widths for all prepared pairs under one budget, and pack them");
 
   m.def("thin_svd", [](const F64& A, const F64& B, double scaling) {
     lq::PairInput p = pair_input(A, B, scaling);

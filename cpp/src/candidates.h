@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "loraquant/compress.h"
 #include "loraquant/format.h"
 #include "loraquant/svd.h"
 
@@ -15,6 +16,8 @@ class Candidates {
   Candidates(Factors f, uint32_t group, bool range_search);
 
   uint32_t r() const { return f_.r; }
+  uint32_t group() const { return group_; }
+  bool range_search() const { return search_; }
   const Factors& factors() const { return f_; }
   float unit() const { return unit_; }
   // Stored bytes of one component at width w (both vector blocks).

@@ -62,7 +62,7 @@ double relative_error(const Factors& f, const std::vector<float>& bh, const std:
   return std::sqrt(d / xx);
 }
 
-Compressed finish(Candidates& c, const std::vector<uint8_t>& widths, const CompressOptions& o) {
+Compressed finish_one(Candidates& c, const std::vector<uint8_t>& widths, const CompressOptions& o) {
   Compressed out;
   const Factors& f = c.factors();
   out.module = Module(f.m, f.n, f.r, o.group_size, c.payload(widths));
@@ -87,20 +87,52 @@ uint32_t paper_split(const std::vector<double>& sigma, double rho) {
   return (uint32_t)sigma.size();
 }
 
+std::shared_ptr<Candidates> prepare(const PairInput& p, const CompressOptions& o) {
+  check_options(o);
+  check_pair(p);
+  auto c = std::make_shared<Candidates>(thin_svd(p.A, p.B, p.m, p.n, p.r, p.scaling),
+                                        o.group_size, o.range_search);
+  c->precompute(o.rho > 0 ? 0 : 4);
+  return c;
+}
+
+std::vector<Compressed> finish(const std::vector<Candidates*>& cands, const CompressOptions& o) {
+  check_options(o);
+  const size_t np = cands.size();
+  for (const Candidates* c : cands) {
+    if (!c) throw std::invalid_argument("finish: a prepared pair is null");
+    if (c->group() != o.group_size || c->range_search() != o.range_search)
+      throw std::invalid_argument("finish: pairs were prepared with other options (group_size " +
+                                  std::to_string(c->group()) + ")");
+  }
+  std::vector<std::vector<uint8_t>> widths(np);
+  if (o.rho > 0) {
+    for (size_t k = 0; k < np; ++k) widths[k] = paper_widths(cands[k]->factors().sigma, o);
+  } else {
+    double weights = 0, fixed = 0;
+    for (const Candidates* c : cands) {
+      const Factors& f = c->factors();
+      weights += (double)f.r * ((double)f.m + (double)f.n);
+      fixed += (double)lq_prefix_bytes(f.r);
+    }
+    std::vector<Candidates*> ptrs(cands);
+    widths = allocate_greedy(ptrs, (int64_t)std::floor(o.bits * weights / 8.0 - fixed));
+  }
+  std::vector<Compressed> out(np);
+  for (size_t k = 0; k < np; ++k) out[k] = finish_one(*cands[k], widths[k], o);
+  return out;
+}
+
 std::vector<Compressed> compress_many(const std::vector<PairInput>& in, const CompressOptions& o) {
   check_options(o);
   for (const PairInput& p : in) check_pair(p);
   const long np = (long)in.size();
-  std::vector<std::unique_ptr<Candidates>> cands(in.size());
+  std::vector<std::shared_ptr<Candidates>> cands(in.size());
   std::vector<std::string> errors(in.size());
-  const bool paper = o.rho > 0;
 #pragma omp parallel for schedule(dynamic)
   for (long k = 0; k < np; ++k) {
     try {
-      const PairInput& p = in[k];
-      cands[k].reset(new Candidates(thin_svd(p.A, p.B, p.m, p.n, p.r, p.scaling), o.group_size,
-                                    o.range_search));
-      cands[k]->precompute(paper ? 0 : 4);
+      cands[k] = prepare(in[k], o);
     } catch (const std::exception& e) {
       errors[k] = e.what();
     }
@@ -108,23 +140,9 @@ std::vector<Compressed> compress_many(const std::vector<PairInput>& in, const Co
   for (long k = 0; k < np; ++k)
     if (!errors[k].empty())
       throw std::invalid_argument(np > 1 ? "pair " + std::to_string(k) + ": " + errors[k] : errors[k]);
-
-  std::vector<std::vector<uint8_t>> widths(in.size());
-  if (paper) {
-    for (long k = 0; k < np; ++k) widths[k] = paper_widths(cands[k]->factors().sigma, o);
-  } else {
-    double weights = 0, fixed = 0;
-    for (const PairInput& p : in) {
-      weights += (double)p.r * ((double)p.m + (double)p.n);
-      fixed += (double)lq_prefix_bytes(p.r);
-    }
-    std::vector<Candidates*> ptrs;
-    for (auto& c : cands) ptrs.push_back(c.get());
-    widths = allocate_greedy(ptrs, (int64_t)std::floor(o.bits * weights / 8.0 - fixed));
-  }
-  std::vector<Compressed> out(in.size());
-  for (long k = 0; k < np; ++k) out[k] = finish(*cands[k], widths[k], o);
-  return out;
+  std::vector<Candidates*> ptrs;
+  for (auto& c : cands) ptrs.push_back(c.get());
+  return finish(ptrs, o);
 }
 
 Compressed compress(const PairInput& in, const CompressOptions& opt) {

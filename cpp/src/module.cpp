@@ -131,4 +131,20 @@ void Module::dequantize(float* A_hat, float* B_hat) const {
   }
 }
 
+double Module::probe_norm() const {
+  std::vector<float> A((size_t)r_ * n_), B((size_t)m_ * r_);
+  dequantize(A.data(), B.data());
+  std::vector<double> x(n_), t(r_, 0.0);
+  for (uint32_t j = 0; j < n_; ++j) x[j] = std::sin((double)j + 1.0);
+  for (uint32_t i = 0; i < r_; ++i)
+    for (uint32_t j = 0; j < n_; ++j) t[i] += (double)A[(size_t)i * n_ + j] * x[j];
+  double ss = 0;
+  for (uint32_t k = 0; k < m_; ++k) {
+    double y = 0;
+    for (uint32_t i = 0; i < r_; ++i) y += (double)B[(size_t)k * r_ + i] * t[i];
+    ss += y * y;
+  }
+  return std::sqrt(ss);
+}
+
 }  // namespace loraquant

@@ -6,7 +6,7 @@
     A_hat, B_hat = q.dequantize()
 """
 from . import _core
-from ._api import QuantizedLoRA, compress
+from ._api import QuantizedLoRA, compress, compress_adapter
 from ._core import FormatError
 
 __version__ = _core.build_info()["version"]
@@ -17,4 +17,4 @@ def build_info() -> dict:
     return dict(_core.build_info())
 
 
-__all__ = ["QuantizedLoRA", "compress", "FormatError", "build_info", "__version__"]
+__all__ = ["QuantizedLoRA", "compress", "compress_adapter", "FormatError", "build_info", "__version__"]

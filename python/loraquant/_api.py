@@ -170,3 +170,75 @@ def compress(A, B, *, bits=None, rho=None, high_bits=None, group_size=128,
     s = V.finite(scaling, "scaling")
     mod, sigma, err = _core.compress(a, b, s, **opts.core_kwargs())
     return QuantizedLoRA(mod, sigma, err)
+
+
+def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=128,
+                     progress=False, threads=None) -> dict:
+    """Compress every module of an adapter under one budget.
+
+    `pairs` maps a module name to (A, B, scaling). In budget mode one average budget of
+    `bits` per weight (every stored byte counted) is spread over all modules so that
+    the summed squared error |s B A - B_hat A_hat|_F^2 is least: modules with heavier
+    spectra get more bits. In paper mode (rho given) each module is compressed alone.
+    Returns {name: QuantizedLoRA} in the order of `pairs`. `progress=True` shows a
+    progress bar (tqdm) over the modules.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    opts = resolve_options(bits=bits, rho=rho, high_bits=high_bits, group_size=group_size)
+    if not hasattr(pairs, "items"):
+        raise TypeError(f"pairs must be a mapping name -> (A, B, scaling), got {type(pairs).__name__}")
+    if len(pairs) == 0:
+        raise ValueError("pairs is empty: nothing to compress")
+    items = []
+    for name, val in pairs.items():
+        if not isinstance(val, (tuple, list)) or len(val) != 3:
+            raise ValueError(f"module {name!r}: expected (A, B, scaling)")
+        A, B, s = val
+        try:
+            a, b = V.lora_pair(A, B)
+            s = V.finite(s, "scaling")
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"module {name!r}: {e}") from None
+        items.append((name, a, b, s))
+
+    kw = opts.core_kwargs()
+    bar = _progress(len(items), progress)
+    workers = threads or min(len(items), os.cpu_count() or 1)
+
+    def stage1(item):
+        name, a, b, s = item
+        try:
+            return _core.prepare(a, b, s, **kw)
+        except ValueError as e:
+            raise ValueError(f"module {name!r}: {e}") from None
+        finally:
+            bar.update(1)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            prepared = list(pool.map(stage1, items))
+    finally:
+        bar.close()
+    results = _core.finish(prepared, **kw)
+    return {name: QuantizedLoRA(mod, sigma, err)
+            for (name, *_), (mod, sigma, err) in zip(items, results)}
+
+
+class _NoBar:
+    def update(self, k):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total, enabled):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc="compressing", unit="module")

@@ -3,6 +3,7 @@
 #define LORAQUANT_COMPRESS_H
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "loraquant/module.h"
@@ -40,6 +41,15 @@ Compressed compress(const PairInput& in, const CompressOptions& opt);
 // compressed alone. Uses OpenMP threads where built with it.
 std::vector<Compressed> compress_many(const std::vector<PairInput>& in,
                                       const CompressOptions& opt);
+
+// The two stages of compress_many, for callers that want to report progress or run
+// the first stage on their own threads: prepare() factors one pair and encodes its
+// candidate widths (the expensive part), finish() chooses widths for all prepared
+// pairs at once (one shared budget in budget mode) and packs them.
+class Candidates;
+std::shared_ptr<Candidates> prepare(const PairInput& in, const CompressOptions& opt);
+std::vector<Compressed> finish(const std::vector<Candidates*>& prepared,
+                               const CompressOptions& opt);
 
 // Paper mode's split: the number of leading components whose cumulative share of
 // sum(sigma^2) first reaches rho (the paper's text). The authors' public code keeps one

@@ -126,4 +126,41 @@ LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
 }
 #endif
 
+/* ---- the compressed-adapter file: what loraquant.save writes ----------------------
+ *
+ * One adapter (many modules) in one safetensors container, so that common tools can
+ * list it. Layout, as safetensors defines it:
+ *
+ *   uint64  N                  little-endian: bytes of the JSON header
+ *   char    json[N]            UTF-8 JSON object, may end in spaces
+ *   uint8   data[]             the data section; tensor offsets are relative to it
+ *
+ * The JSON object maps each tensor name to {"dtype", "shape", "data_offsets":
+ * [begin, end]} and has one "__metadata__" object of string values:
+ *
+ *   "format"          "loraquant-adapter"
+ *   "format_version"  "1"
+ *   "modules"         a JSON array, in file order, of
+ *                     {"name": str, "m": int, "n": int, "r": int, "group_size": int,
+ *                      "scaling": float, "widths": [int, ...]}
+ *                     name is the PEFT module path (state-dict key without
+ *                     ".lora_A.weight"); scaling is the one folded into the codes
+ *   "extras"          a JSON array of the names of extra tensors kept unchanged
+ *                     (modules_to_save weights, LoRA biases)
+ *   "peft_config"     the source adapter_config.json as a JSON object ("{}" if none)
+ *   "data_crc32"      CRC-32 of the whole data section, 8 lowercase hex digits
+ *
+ * Tensors (all offsets inside the data section, non-overlapping):
+ *   "lq.<name>.blob"   U8  [bytes]  the module blob: lq_blob_header + payload
+ *   "lq.<name>.sigma"  F32 [r]      singular values of s B A (for inspect, not served)
+ *   "<extra name>"     any dtype    an extra tensor, unchanged
+ *
+ * A reader checks: N fits the file, the JSON parses, every tensor's offsets lie in
+ * the data section and match dtype x shape, data_crc32 matches, format_version is
+ * "1", and each module's entry agrees with its blob header (m, n, r, group_size,
+ * widths). Anything else is a format error.
+ */
+#define LQ_ADAPTER_FORMAT "loraquant-adapter"
+#define LQ_ADAPTER_FORMAT_VERSION "1"
+
 #endif /* LORAQUANT_FORMAT_H */

@@ -52,6 +52,10 @@ class Module {
   // Reference for apply: dequantize, then a plain triple loop.
   void apply_ref(const float* x, size_t batch, float* y) const;
 
+  // |dW_hat x|_2 for x_j = sin(j + 1), j = 0..n-1, in double: a fingerprint that the
+  // Python and C++ front ends print alike (`loraquant inspect --probe`).
+  double probe_norm() const;
+
   const uint8_t* b_block(uint32_t i) const { return payload_.data() + layout_.b_offset[i]; }
   const uint8_t* a_block(uint32_t i) const { return payload_.data() + layout_.a_offset[i]; }
 
