@@ -15,7 +15,7 @@ namespace {
 // Decode a vector block one group at a time, streaming the code words through a
 // 64-bit register instead of locating every entry (the reference, decode_vector,
 // does that).
-void decode_fast(const uint8_t* block, uint32_t len, uint32_t w, uint32_t group, float unit,
+void decode_fast(const uint8_t* block, uint32_t len, uint32_t w, uint64_t group, float unit,
                  float* out) {
   const uint16_t* scales = reinterpret_cast<const uint16_t*>(block);
   const uint32_t* words =
@@ -24,8 +24,8 @@ void decode_fast(const uint8_t* block, uint32_t len, uint32_t w, uint32_t group,
   uint64_t acc = 0;
   uint32_t have = 0;
   size_t k = 0;
-  for (uint32_t beg = 0, gi = 0; beg < len; beg += group, ++gi) {
-    const uint32_t end = std::min(len, beg + group);
+  for (uint64_t beg = 0, gi = 0; beg < len; beg += group, ++gi) {
+    const uint32_t end = (uint32_t)std::min<uint64_t>(len, beg + group);
     float lo, step;
     if (w == 1) {
       float a = lq_half_to_float(scales[gi]) * unit;
@@ -35,7 +35,7 @@ void decode_fast(const uint8_t* block, uint32_t len, uint32_t w, uint32_t group,
       step = lq_half_to_float(scales[2 * gi]) * unit;
       lo = lq_half_to_float(scales[2 * gi + 1]) * unit;
     }
-    for (uint32_t j = beg; j < end; ++j) {
+    for (uint32_t j = (uint32_t)beg; j < end; ++j) {
       if (have < w) {
         acc |= (uint64_t)words[k++] << have;
         have += 32;
@@ -54,14 +54,14 @@ void apply_rows(const Module& mod, const float* x, size_t rows, float* y) {
   for (uint32_t i = 0; i < mod.r(); ++i) {
     const uint32_t w = mod.widths()[i];
     if (w == 0) continue;
-    decode_fast(mod.a_block(i), n, w, mod.group_size(), mod.unit(), va.data());
+    decode_fast(mod.a_block(i), n, w, mod.a_group(i), mod.unit(), va.data());
     for (size_t row = 0; row < rows; ++row) {
       const float* xr = x + row * n;
       float s = 0.0f;
       for (uint32_t j = 0; j < n; ++j) s += xr[j] * va[j];
       t[row] = s;
     }
-    decode_fast(mod.b_block(i), m, w, mod.group_size(), mod.unit(), vb.data());
+    decode_fast(mod.b_block(i), m, w, mod.b_group(i), mod.unit(), vb.data());
     for (size_t row = 0; row < rows; ++row) {
       float* yr = y + row * m;
       const float tr = t[row];

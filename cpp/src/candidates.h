@@ -1,4 +1,9 @@
-// Internal: every component of one pair encoded at the widths the allocator asks for.
+// Internal: every component of one pair encoded in the configurations the allocator
+// asks for. A configuration is a width (0..8) and a group option k:
+//   k = 0  the user's group size (shift 0)
+//   k = 1  four times it (shift 2)
+//   k = 2  one group for the whole vector
+// Budget mode may pick any; paper mode uses k = 0 only.
 #ifndef LORAQUANT_CANDIDATES_H
 #define LORAQUANT_CANDIDATES_H
 
@@ -11,6 +16,12 @@
 
 namespace loraquant {
 
+constexpr uint32_t kGroupOptions = 3;
+
+struct Config {
+  uint32_t w = 0, k = 0;
+};
+
 class Candidates {
  public:
   Candidates(Factors f, uint32_t group, bool range_search);
@@ -20,21 +31,27 @@ class Candidates {
   bool range_search() const { return search_; }
   const Factors& factors() const { return f_; }
   float unit() const { return unit_; }
-  // Stored bytes of one component at width w (both vector blocks).
-  uint64_t cost(uint32_t w) const {
-    return lq_vector_bytes(f_.m, w, group_) + lq_vector_bytes(f_.n, w, group_);
-  }
-  // |b_i a_i^T - b_hat a_hat^T|_F^2 at width w (0: the component is dropped).
-  double err(uint32_t i, uint32_t w);
-  // Encode widths 1..max_w of every component now (in parallel where built with OpenMP).
-  void precompute(uint32_t max_w);
-  // The payload for the given widths (format.h).
-  std::vector<uint8_t> payload(const std::vector<uint8_t>& widths);
-  // Decoded factors for the given widths: b_hat (r x m) and a_hat (r x n), component-major.
-  void decoded(const std::vector<uint8_t>& widths, std::vector<float>& b_hat,
-               std::vector<float>& a_hat);
-  // Replace the stored encoding of component i at width w (used by the re-fit).
-  void set_encoding(uint32_t i, uint32_t w, const float* b, const float* a);
+  // Whether option k differs from option k-1 for this pair's vector lengths.
+  bool option_distinct(uint32_t k) const;
+  uint32_t b_shift(uint32_t k) const { return bshift_[k]; }
+  uint32_t a_shift(uint32_t k) const { return ashift_[k]; }
+  // Stored bytes of one component in configuration c (both vector blocks).
+  uint64_t cost(Config c) const;
+  // |b_i a_i^T - b_hat a_hat^T|_F^2 in configuration c (w = 0: the component is dropped).
+  double err(uint32_t i, Config c);
+  // Encode widths 1..max_w (every distinct group option, or k = 0 only) of every
+  // component now, in parallel where built with OpenMP.
+  void precompute(uint32_t max_w, bool all_groups);
+  // Fix one configuration per component; payload, decoded and refit then use it.
+  void select(const std::vector<Config>& cfg);
+  // The payload of the selection (format.h).
+  std::vector<uint8_t> payload() const;
+  // Decoded factors of the selection: b_hat (r x m), a_hat (r x n), component-major.
+  void decoded(std::vector<float>& b_hat, std::vector<float>& a_hat) const;
+  // Least-squares re-fit of the selection, alternating: A given the quantized B, then
+  // B given the quantized A, each re-quantized in its configuration. A round is kept
+  // only if it lowers the exact error. Returns the number of rounds kept.
+  uint32_t refit(uint32_t rounds);
 
  private:
   struct Enc {
@@ -43,21 +60,27 @@ class Candidates {
     std::vector<uint8_t> bblk, ablk;
     std::vector<float> bdeq, adeq;
   };
-  Enc& enc(uint32_t i, uint32_t w);
-  void encode(uint32_t i, uint32_t w, const float* b, const float* a, Enc& e);
+  Enc& enc(uint32_t i, Config c);
+  void encode(uint32_t i, Config c, const float* b, const float* a, Enc& e);
 
   Factors f_;
   uint32_t group_;
   bool search_;
   float unit_;
+  uint32_t bshift_[kGroupOptions], ashift_[kGroupOptions];
   std::vector<float> bf_, af_;  // float copies of the factors, component-major
-  std::vector<Enc> cache_;      // r x (LQ_MAX_WIDTH + 1)
+  std::vector<Enc> cache_;      // r x (LQ_MAX_WIDTH + 1) x kGroupOptions
+  std::vector<Config> cfg_;     // the selection
+  std::vector<Enc> chosen_;     // its encodings (copied from the cache, then re-fitted)
 };
 
-// Widths by a greedy marginal-gain-per-byte allocation over all components of all
-// pairs, within `budget` bytes of vector blocks. Returns one width vector per pair.
-std::vector<std::vector<uint8_t>> allocate_greedy(std::vector<Candidates*>& pairs,
-                                                  int64_t budget);
+// Exact |X - Y|_F / |X|_F, X from the exact factors, Y from decoded ones (r x m, r x n).
+double relative_error(const Factors& f, const std::vector<float>& b_hat,
+                      const std::vector<float>& a_hat);
+
+// Configurations by greedy marginal gain per byte over all components of all pairs,
+// within `budget` bytes of vector blocks. Returns one configuration vector per pair.
+std::vector<std::vector<Config>> allocate_greedy(std::vector<Candidates*>& pairs, int64_t budget);
 
 }  // namespace loraquant
 

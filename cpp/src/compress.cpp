@@ -38,37 +38,23 @@ void check_pair(const PairInput& p) {
                                 ") out of range 1.." + std::to_string(LQ_MAX_DIM));
 }
 
-std::vector<uint8_t> paper_widths(const std::vector<double>& sigma, const CompressOptions& o) {
+std::vector<Config> paper_config(const std::vector<double>& sigma, const CompressOptions& o) {
   const uint32_t h = paper_split(sigma, o.rho);
-  std::vector<uint8_t> w(sigma.size(), 0);
+  std::vector<Config> c(sigma.size());
   for (size_t i = 0; i < sigma.size(); ++i)
-    if (sigma[i] > 0) w[i] = i < h ? (uint8_t)o.high_bits : 1;
-  return w;
+    if (sigma[i] > 0) c[i].w = i < h ? o.high_bits : 1;
+  return c;
 }
 
-// Exact |X - Y|_F / |X|_F for X = sum b_i a_i^T (exact factors) and Y from the
-// decoded factors, through r x r Gram matrices.
-double relative_error(const Factors& f, const std::vector<float>& bh, const std::vector<float>& ah) {
-  using M = Eigen::MatrixXd;
-  Eigen::Map<const M> B(f.b.data(), f.m, f.r), A(f.a.data(), f.n, f.r);
-  M Bh = Eigen::Map<const Eigen::MatrixXf>(bh.data(), f.m, f.r).cast<double>();
-  M Ah = Eigen::Map<const Eigen::MatrixXf>(ah.data(), f.n, f.r).cast<double>();
-  double xx = 0;
-  for (double s : f.sigma) xx += s * s;
-  double xy = ((B.transpose() * Bh).cwiseProduct(A.transpose() * Ah)).sum();
-  double yy = ((Bh.transpose() * Bh).cwiseProduct(Ah.transpose() * Ah)).sum();
-  double d = std::max(0.0, xx - 2 * xy + yy);
-  if (xx <= 0) return d > 0 ? INFINITY : 0.0;
-  return std::sqrt(d / xx);
-}
-
-Compressed finish_one(Candidates& c, const std::vector<uint8_t>& widths, const CompressOptions& o) {
+Compressed finish_one(Candidates& c, const std::vector<Config>& cfg, const CompressOptions& o) {
+  c.select(cfg);
+  c.refit(o.refit_rounds);
   Compressed out;
   const Factors& f = c.factors();
-  out.module = Module(f.m, f.n, f.r, o.group_size, c.payload(widths));
+  out.module = Module(f.m, f.n, f.r, o.group_size, c.payload());
   out.sigma = f.sigma;
   std::vector<float> bh, ah;
-  c.decoded(widths, bh, ah);
+  c.decoded(bh, ah);
   out.rel_error = relative_error(f, bh, ah);
   return out;
 }
@@ -92,7 +78,7 @@ std::shared_ptr<Candidates> prepare(const PairInput& p, const CompressOptions& o
   check_pair(p);
   auto c = std::make_shared<Candidates>(thin_svd(p.A, p.B, p.m, p.n, p.r, p.scaling),
                                         o.group_size, o.range_search);
-  c->precompute(o.rho > 0 ? 0 : 4);
+  if (o.rho <= 0) c->precompute(3, true);
   return c;
 }
 
@@ -105,9 +91,9 @@ std::vector<Compressed> finish(const std::vector<Candidates*>& cands, const Comp
       throw std::invalid_argument("finish: pairs were prepared with other options (group_size " +
                                   std::to_string(c->group()) + ")");
   }
-  std::vector<std::vector<uint8_t>> widths(np);
+  std::vector<std::vector<Config>> cfg(np);
   if (o.rho > 0) {
-    for (size_t k = 0; k < np; ++k) widths[k] = paper_widths(cands[k]->factors().sigma, o);
+    for (size_t k = 0; k < np; ++k) cfg[k] = paper_config(cands[k]->factors().sigma, o);
   } else {
     double weights = 0, fixed = 0;
     for (const Candidates* c : cands) {
@@ -116,10 +102,10 @@ std::vector<Compressed> finish(const std::vector<Candidates*>& cands, const Comp
       fixed += (double)lq_prefix_bytes(f.r);
     }
     std::vector<Candidates*> ptrs(cands);
-    widths = allocate_greedy(ptrs, (int64_t)std::floor(o.bits * weights / 8.0 - fixed));
+    cfg = allocate_greedy(ptrs, (int64_t)std::floor(o.bits * weights / 8.0 - fixed));
   }
   std::vector<Compressed> out(np);
-  for (size_t k = 0; k < np; ++k) out[k] = finish_one(*cands[k], widths[k], o);
+  for (size_t k = 0; k < np; ++k) out[k] = finish_one(*cands[k], cfg[k], o);
   return out;
 }
 

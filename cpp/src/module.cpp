@@ -27,17 +27,21 @@ uint32_t crc32(const uint8_t* data, size_t size) {
   return c ^ 0xFFFFFFFFu;
 }
 
-Layout make_layout(uint32_t m, uint32_t n, uint32_t r, uint32_t group,
-                   const uint8_t* widths) {
+Layout make_layout(uint32_t m, uint32_t n, uint32_t r, uint32_t group, const uint8_t* prefix) {
+  const uint8_t *widths = prefix, *bs = prefix + r, *as = prefix + 2 * (size_t)r;
   Layout L;
   L.b_offset.assign(r, 0);
   L.a_offset.assign(r, 0);
+  L.b_group.assign(r, 0);
+  L.a_group.assign(r, 0);
   uint64_t off = lq_prefix_bytes(r);
   for (uint32_t i = 0; i < r; ++i) {
+    L.b_group[i] = lq_group(group, bs[i]);
+    L.a_group[i] = lq_group(group, as[i]);
     L.b_offset[i] = off;
-    off += lq_vector_bytes(m, widths[i], group);
+    off += lq_vector_bytes(m, widths[i], L.b_group[i]);
     L.a_offset[i] = off;
-    off += lq_vector_bytes(n, widths[i], group);
+    off += lq_vector_bytes(n, widths[i], L.a_group[i]);
   }
   L.payload_bytes = off;
   return L;
@@ -59,10 +63,16 @@ Module::Module(uint32_t m, uint32_t n, uint32_t r, uint32_t group, std::vector<u
   if (payload_.size() < prefix)
     throw FormatError("payload of " + std::to_string(payload_.size()) +
                       " bytes is shorter than its " + std::to_string(prefix) + "-byte prefix");
-  for (uint32_t i = 0; i < r; ++i)
+  for (uint32_t i = 0; i < r; ++i) {
     if (payload_[i] > LQ_MAX_WIDTH)
       throw FormatError("component " + std::to_string(i) + " has width " +
                         std::to_string(payload_[i]) + " > 8");
+    if (payload_[r + i] > LQ_MAX_SHIFT || payload_[2 * (size_t)r + i] > LQ_MAX_SHIFT)
+      throw FormatError("component " + std::to_string(i) + " has a group shift > " +
+                        std::to_string(LQ_MAX_SHIFT));
+  }
+  for (uint64_t k = 3 * (uint64_t)r; k < prefix - 4; ++k)
+    if (payload_[k] != 0) throw FormatError("nonzero padding after the group shifts");
   layout_ = make_layout(m, n, r, group, payload_.data());
   if (layout_.payload_bytes != payload_.size())
     throw FormatError("payload is " + std::to_string(payload_.size()) +
@@ -125,9 +135,9 @@ void Module::dequantize(float* A_hat, float* B_hat) const {
   for (uint32_t i = 0; i < r_; ++i) {
     uint32_t w = widths()[i];
     if (w == 0) continue;
-    decode_vector(b_block(i), m_, w, group_, unit_, tmp.data());
+    decode_vector(b_block(i), m_, w, b_group(i), unit_, tmp.data());
     for (uint32_t j = 0; j < m_; ++j) B_hat[(size_t)j * r_ + i] = tmp[j];
-    decode_vector(a_block(i), n_, w, group_, unit_, A_hat + (size_t)i * n_);
+    decode_vector(a_block(i), n_, w, a_group(i), unit_, A_hat + (size_t)i * n_);
   }
 }
 

@@ -61,28 +61,44 @@ inline float round_scale(float v, float unit, uint16_t* stored) {
 }
 
 // Code of one entry: round half up of (x - zmin) / delta, clamped to [0, qmax].
-inline uint32_t rtn_code(float x, float zmin, float inv, float qmax) {
+inline float rtn_level(float x, float zmin, float inv, float qmax) {
   float v = (x - zmin) * inv;
-  v = std::min(std::max(v, 0.0f), qmax);
-  return (uint32_t)(v + 0.5f);
+  v = v < 0.0f ? 0.0f : v;
+  v = v > qmax ? qmax : v;
+  return (float)(int32_t)(v + 0.5f);
 }
 
-// Codes for an RTN group with stored delta/zmin; returns the squared error.
-inline float rtn_codes(const float* x, size_t len, float delta, float zmin, uint32_t qmax,
-                       uint8_t* codes) {
-  float err = 0;
+// Squared error of an RTN group with stored delta/zmin. Eight partial sums let the
+// compiler vectorise without reassociating one sum.
+inline float rtn_error(const float* x, size_t len, float delta, float zmin, uint32_t qmax) {
   const float inv = delta > 0 ? 1.0f / delta : 0.0f, fq = (float)qmax;
-  for (size_t j = 0; j < len; ++j) {
-    uint32_t q = rtn_code(x[j], zmin, inv, fq);
-    if (codes) codes[j] = (uint8_t)q;
-    float e = x[j] - (zmin + (float)q * delta);
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t j = 0;
+  for (; j + 8 <= len; j += 8)
+    for (int k = 0; k < 8; ++k) {
+      float e = x[j + k] - (zmin + rtn_level(x[j + k], zmin, inv, fq) * delta);
+      acc[k] += e * e;
+    }
+  float err = 0;
+  for (; j < len; ++j) {
+    float e = x[j] - (zmin + rtn_level(x[j], zmin, inv, fq) * delta);
     err += e * e;
   }
+  for (int k = 0; k < 8; ++k) err += acc[k];
   return err;
 }
 
-// Shrink factors of the [lo, hi] range tried by the range search, about its middle.
-constexpr float kShrink[] = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f, 0.7f, 0.65f, 0.6f, 0.55f};
+inline void rtn_codes(const float* x, size_t len, float delta, float zmin, uint32_t qmax,
+                      uint8_t* codes) {
+  const float inv = delta > 0 ? 1.0f / delta : 0.0f, fq = (float)qmax;
+  for (size_t j = 0; j < len; ++j) codes[j] = (uint8_t)rtn_level(x[j], zmin, inv, fq);
+}
+
+// Range search: the [lo, hi] range is shrunk about its middle by a factor p. A coarse
+// geometric grid (long groups of Gaussian-like entries want p near 0.4 at 2 bits,
+// short ones near 0.8), then two points either side of the best.
+constexpr float kCoarse[] = {1.0f, 0.8f, 0.64f, 0.512f, 0.41f, 0.328f};
+constexpr float kFine[] = {0.9f, 1.1f};
 
 void encode_rtn_group(const float* x, size_t len, uint32_t width, float unit, bool search,
                       uint16_t* stored, uint8_t* codes) {
@@ -93,22 +109,29 @@ void encode_rtn_group(const float* x, size_t len, uint32_t width, float unit, bo
   }
   const uint32_t qmax = (1u << width) - 1u;
   const float mid = 0.5f * (lo + hi), half = 0.5f * (hi - lo);
-  size_t ntry = search ? sizeof(kShrink) / sizeof(kShrink[0]) : 1;
-  float best = INFINITY;
+  auto params = [&](float p, uint16_t* st, float* delta, float* zmin) {
+    const float clo = mid - half * p, chi = mid + half * p;
+    *delta = round_scale((chi - clo) / (float)qmax, unit, st ? &st[0] : nullptr);
+    *zmin = round_scale(clo, unit, st ? &st[1] : nullptr);
+  };
   float best_p = 1.0f;
-  for (size_t t = 0; t < ntry; ++t) {
-    float clo = mid - half * kShrink[t], chi = mid + half * kShrink[t];
-    float delta = round_scale((chi - clo) / (float)qmax, unit, nullptr);
-    float zmin = round_scale(clo, unit, nullptr);
-    float e = rtn_codes(x, len, delta, zmin, qmax, nullptr);
-    if (e < best) {
-      best = e;
-      best_p = kShrink[t];
-    }
+  if (search) {
+    float best = INFINITY, delta, zmin;
+    auto consider = [&](float p) {
+      params(p, nullptr, &delta, &zmin);
+      const float e = rtn_error(x, len, delta, zmin, qmax);
+      if (e < best) {
+        best = e;
+        best_p = p;
+      }
+    };
+    for (float p : kCoarse) consider(p);
+    const float centre = best_p;
+    for (float f : kFine)
+      if (centre * f <= 1.0f) consider(centre * f);
   }
-  float clo = mid - half * best_p, chi = mid + half * best_p;
-  float delta = round_scale((chi - clo) / (float)qmax, unit, &stored[0]);
-  float zmin = round_scale(clo, unit, &stored[1]);
+  float delta, zmin;
+  params(best_p, stored, &delta, &zmin);
   rtn_codes(x, len, delta, zmin, qmax, codes);
 }
 
@@ -122,7 +145,7 @@ void encode_sign_group(const float* x, size_t len, float unit, uint16_t* stored,
 
 }  // namespace
 
-void encode_vector(const float* x, size_t len, uint32_t width, uint32_t group, float unit,
+void encode_vector(const float* x, size_t len, uint32_t width, uint64_t group, float unit,
                    bool range_search, uint8_t* dst, float* deq) {
   const size_t groups = (len + group - 1) / group;
   const uint64_t sbytes = lq_scale_bytes(len, width, group);
@@ -130,7 +153,7 @@ void encode_vector(const float* x, size_t len, uint32_t width, uint32_t group, f
   std::vector<uint16_t> scales(width == 1 ? groups : 2 * groups);
   std::vector<uint8_t> codes(len);
   for (size_t gi = 0; gi < groups; ++gi) {
-    size_t beg = gi * group, cnt = std::min<size_t>(group, len - beg);
+    size_t beg = gi * group, cnt = (size_t)std::min<uint64_t>(group, len - beg);
     if (width == 1)
       encode_sign_group(x + beg, cnt, unit, &scales[gi], codes.data() + beg);
     else
@@ -143,7 +166,7 @@ void encode_vector(const float* x, size_t len, uint32_t width, uint32_t group, f
   if (deq) decode_vector(dst, len, width, group, unit, deq);
 }
 
-void decode_vector(const uint8_t* block, size_t len, uint32_t width, uint32_t group,
+void decode_vector(const uint8_t* block, size_t len, uint32_t width, uint64_t group,
                    float unit, float* out) {
   const uint64_t sbytes = lq_scale_bytes(len, width, group);
   const uint16_t* scales = reinterpret_cast<const uint16_t*>(block);

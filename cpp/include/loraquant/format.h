@@ -15,9 +15,11 @@
  *   w = 1    x = code ? +alpha : -alpha              (alpha per group)
  *   w = 2..8 x = zmin + code * delta, code in [0, 2^w - 1]   (delta, zmin per group)
  *
- * Groups are LQ group_size consecutive entries of one vector (down a column of B',
- * along a row of A'), so a group never mixes components. The last group of a
- * vector may be shorter.
+ * Groups are consecutive entries of one vector (down a column of B', along a row of
+ * A'), so a group never mixes components. Each vector has its own group length:
+ * group_size << shift, with one shift per vector stored in the payload. The last
+ * group of a vector may be shorter; a group length >= the vector length means one
+ * group for the whole vector (one scale per vector).
  *
  * ---- the blob: one module, as QuantizedLoRA.to_bytes() writes it ----------------
  *
@@ -25,13 +27,15 @@
  *   payload             payload_bytes bytes, all counted in avg_bits:
  *
  *     uint8  widths[r]              width of each component, 0..8
- *     uint8  pad[]                  zeros up to a multiple of 4 bytes
+ *     uint8  b_shift[r]             group length of b_i is group_size << b_shift[i]
+ *     uint8  a_shift[r]             group length of a_i is group_size << a_shift[i]
+ *     uint8  pad[]                  zeros up to a multiple of 4 bytes (shifts <= 24)
  *     float  unit                   power of two; every fp16 scale is in units of it
  *     for i in 0..r-1 with widths[i] > 0:
  *        vector block of b_i (length m)
  *        vector block of a_i (length n)
  *
- *   vector block (length L, width w, G = ceil(L / group_size) groups):
+ *   vector block (length L, width w, group length g, G = ceil(L / g) groups):
  *     scales    w == 1: G x fp16 alpha;  w >= 2: G x { fp16 delta, fp16 zmin }
  *               each value is half_to_float(h) * unit
  *     pad       zeros up to a multiple of 4 bytes
@@ -40,7 +44,7 @@
  *               stream is bit k%32 of word k/32). An entry may straddle two words
  *               (w = 3, 5, 6, 7). Unused high bits of the last word are zero.
  *
- * Bits per weight of a component at width w with group size g, per vector entry:
+ * Bits per weight of a component at width w with group length g, per vector entry:
  *   w + 16/g (w == 1) or w + 32/g (w >= 2), plus padding to 4 bytes per vector.
  *   At g = 128: 1.125, 2.25, 3.25, 4.25 ... bits.
  */
@@ -66,6 +70,7 @@ extern "C" {
 #define LQ_MAX_RANK 4096         /* largest rank a blob may declare */
 #define LQ_MAX_DIM (1u << 24)    /* largest m or n a blob may declare */
 #define LQ_MAX_GROUP (1u << 20)  /* largest group size a blob may declare */
+#define LQ_MAX_SHIFT 24          /* largest per-vector group shift */
 #define LQ_SCALE_FORMAT_FP16 0   /* per-group fp16 scales in units of `unit` */
 
 /* Fixed header in front of a module's payload. 48 bytes, little-endian. */
@@ -76,7 +81,7 @@ typedef struct lq_blob_header {
   uint32_t m;              /* out features (rows of B) */
   uint32_t n;              /* in features (columns of A) */
   uint32_t r;              /* rank: number of stored component slots */
-  uint32_t group_size;     /* entries per quantization group, >= 1 */
+  uint32_t group_size;     /* base group length; a vector's is group_size << shift */
   uint32_t scale_format;   /* LQ_SCALE_FORMAT_FP16 */
   uint32_t reserved0;      /* zero */
   uint64_t payload_bytes;  /* bytes that follow the header */
@@ -89,8 +94,8 @@ static_assert(sizeof(lq_blob_header) == 48, "lq_blob_header must be 48 bytes");
 #endif
 
 /* Bytes of the per-group scales of one vector block, before padding. */
-LQ_HD uint64_t lq_scale_bytes(uint64_t len, uint32_t width, uint32_t group_size) {
-  uint64_t groups = (len + group_size - 1) / group_size;
+LQ_HD uint64_t lq_scale_bytes(uint64_t len, uint32_t width, uint64_t group) {
+  uint64_t groups = (len + group - 1) / group;
   return width == 0 ? 0 : groups * (width == 1 ? 2u : 4u);
 }
 
@@ -103,13 +108,18 @@ LQ_HD uint64_t lq_code_words(uint64_t len, uint32_t width) {
 }
 
 /* Total bytes of one vector block (scales, pad, codes). */
-LQ_HD uint64_t lq_vector_bytes(uint64_t len, uint32_t width, uint32_t group_size) {
+LQ_HD uint64_t lq_vector_bytes(uint64_t len, uint32_t width, uint64_t group) {
   if (width == 0) return 0;
-  return lq_pad4(lq_scale_bytes(len, width, group_size)) + 4u * lq_code_words(len, width);
+  return lq_pad4(lq_scale_bytes(len, width, group)) + 4u * lq_code_words(len, width);
 }
 
-/* Bytes before the first vector block: widths, pad, unit. */
-LQ_HD uint64_t lq_prefix_bytes(uint32_t r) { return lq_pad4(r) + 4u; }
+/* Group length of a vector: group_size << shift (shift <= LQ_MAX_SHIFT). */
+LQ_HD uint64_t lq_group(uint32_t group_size, uint32_t shift) {
+  return (uint64_t)group_size << shift;
+}
+
+/* Bytes before the first vector block: widths, b_shift, a_shift, pad, unit. */
+LQ_HD uint64_t lq_prefix_bytes(uint32_t r) { return lq_pad4(3u * (uint64_t)r) + 4u; }
 
 /* Code of entry j of a code stream of the given width. */
 LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {

@@ -18,10 +18,11 @@ struct FormatError : std::runtime_error {
 // Where each component's vector blocks lie inside the payload (derived, never stored).
 struct Layout {
   std::vector<uint64_t> b_offset, a_offset;  // per component; meaningless at width 0
+  std::vector<uint64_t> b_group, a_group;    // group length of each vector
   uint64_t payload_bytes = 0;
 };
-Layout make_layout(uint32_t m, uint32_t n, uint32_t r, uint32_t group,
-                   const uint8_t* widths);
+// `prefix` points at the payload's widths[r], b_shift[r], a_shift[r] (format.h).
+Layout make_layout(uint32_t m, uint32_t n, uint32_t r, uint32_t group, const uint8_t* prefix);
 
 class Module {
  public:
@@ -38,6 +39,8 @@ class Module {
   uint32_t r() const { return r_; }
   uint32_t group_size() const { return group_; }
   const uint8_t* widths() const { return payload_.data(); }
+  const uint8_t* b_shifts() const { return payload_.data() + r_; }
+  const uint8_t* a_shifts() const { return payload_.data() + 2 * (size_t)r_; }
   float unit() const { return unit_; }
   const std::vector<uint8_t>& payload() const { return payload_; }
   const Layout& layout() const { return layout_; }
@@ -56,6 +59,8 @@ class Module {
   // Python and C++ front ends print alike (`loraquant inspect --probe`).
   double probe_norm() const;
 
+  uint64_t b_group(uint32_t i) const { return layout_.b_group[i]; }
+  uint64_t a_group(uint32_t i) const { return layout_.a_group[i]; }
   const uint8_t* b_block(uint32_t i) const { return payload_.data() + layout_.b_offset[i]; }
   const uint8_t* a_block(uint32_t i) const { return payload_.data() + layout_.a_offset[i]; }
 

@@ -20,11 +20,11 @@ void unpack_codes(const uint32_t* words, size_t len, uint32_t width, uint8_t* co
 // `unit`. With `range_search`, each RTN group tries a few shrunken ranges and keeps
 // the one of least squared error; otherwise it uses min/max. If `deq` is not null it
 // receives the decoded values, exactly as decode_vector would produce them.
-void encode_vector(const float* x, size_t len, uint32_t width, uint32_t group,
+void encode_vector(const float* x, size_t len, uint32_t width, uint64_t group,
                    float unit, bool range_search, uint8_t* dst, float* deq);
 
 // Reference decoder of a vector block: writes len floats.
-void decode_vector(const uint8_t* block, size_t len, uint32_t width, uint32_t group,
+void decode_vector(const uint8_t* block, size_t len, uint32_t width, uint64_t group,
                    float unit, float* out);
 
 // Power-of-two unit such that every scale of vectors bounded by max_abs fits fp16.

@@ -1,0 +1,88 @@
+// Rate-distortion allocation: the configuration (width, group option) of every
+// component of every pair, by greedy marginal error reduction per stored byte.
+#include <algorithm>
+#include <cstdint>
+#include <queue>
+#include <vector>
+
+#include "candidates.h"
+
+namespace loraquant {
+
+namespace {
+
+struct Move {
+  double ratio = 0;  // error reduction per byte
+  Config to;
+  int64_t bytes = 0;
+};
+
+// Targets from width w: up to 3 when w < 2 (so that the sign step, which costs a
+// whole bit and a scale, can be taken together with the next one), else w + 1; and,
+// at the same width, a smaller group option (more scales, less error).
+Move best_move(Candidates& c, uint32_t i, Config cur, int64_t budget) {
+  Move best;
+  const double e0 = c.err(i, cur);
+  const uint64_t c0 = c.cost(cur);
+  const uint32_t top = std::min<uint32_t>(cur.w < 2 ? 3 : cur.w + 1, LQ_MAX_WIDTH);
+  for (uint32_t w = cur.w; w <= top; ++w)
+    for (uint32_t k = 0; k < kGroupOptions; ++k) {
+      if (!c.option_distinct(k) || (w == cur.w && k >= cur.k)) continue;
+      const Config to{w, k};
+      const int64_t bytes = (int64_t)c.cost(to) - (int64_t)c0;
+      if (bytes <= 0 || bytes > budget) continue;
+      const double ratio = (e0 - c.err(i, to)) / (double)bytes;
+      if (ratio > best.ratio) best = Move{ratio, to, bytes};
+    }
+  return best;
+}
+
+struct Entry {
+  double ratio;
+  size_t item;
+  uint32_t version;
+  bool operator<(const Entry& o) const { return ratio < o.ratio; }
+};
+
+}  // namespace
+
+std::vector<std::vector<Config>> allocate_greedy(std::vector<Candidates*>& pairs, int64_t budget) {
+  struct Item {
+    size_t pair;
+    uint32_t comp;
+    uint32_t version = 0;
+    Move move;
+  };
+  std::vector<std::vector<Config>> cfg(pairs.size());
+  std::vector<Item> items;
+  for (size_t p = 0; p < pairs.size(); ++p) {
+    cfg[p].assign(pairs[p]->r(), Config{});
+    for (uint32_t i = 0; i < pairs[p]->r(); ++i)
+      if (pairs[p]->factors().sigma[i] > 0) items.push_back({p, i, 0, Move{}});
+  }
+  std::priority_queue<Entry> heap;
+  auto refresh = [&](size_t k) {
+    Item& it = items[k];
+    it.move = best_move(*pairs[it.pair], it.comp, cfg[it.pair][it.comp], budget);
+    if (it.move.ratio > 0) heap.push({it.move.ratio, k, it.version});
+  };
+  for (size_t k = 0; k < items.size(); ++k) refresh(k);
+  while (!heap.empty()) {
+    Entry top = heap.top();
+    heap.pop();
+    Item& it = items[top.item];
+    if (top.version != it.version) continue;
+    if (it.move.bytes > budget) {  // the budget shrank since: look again within it
+      ++it.version;
+      refresh(top.item);
+      continue;
+    }
+    cfg[it.pair][it.comp] = it.move.to;
+    budget -= it.move.bytes;
+    ++it.version;
+    refresh(top.item);
+  }
+  return cfg;
+}
+
+}  // namespace loraquant
