@@ -2,6 +2,7 @@
 #include "loraquant/module.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -11,7 +12,7 @@
 
 namespace loraquant {
 
-uint32_t crc32(const uint8_t* data, size_t size) {
+uint32_t crc32(const uint8_t* data, size_t size, uint32_t seed) {
   static uint32_t table[256];
   static bool ready = [] {
     for (uint32_t i = 0; i < 256; ++i) {
@@ -22,7 +23,7 @@ uint32_t crc32(const uint8_t* data, size_t size) {
     return true;
   }();
   (void)ready;
-  uint32_t c = 0xFFFFFFFFu;
+  uint32_t c = seed ^ 0xFFFFFFFFu;
   for (size_t i = 0; i < size; ++i) c = table[(c ^ data[i]) & 0xFFu] ^ (c >> 8);
   return c ^ 0xFFFFFFFFu;
 }
@@ -45,6 +46,13 @@ Layout make_layout(uint32_t m, uint32_t n, uint32_t r, uint32_t group, const uin
   }
   L.payload_bytes = off;
   return L;
+}
+
+// The blob's checksum covers the header up to the checksum field, then the payload.
+static uint32_t blob_crc(const lq_blob_header& h, const uint8_t* payload, size_t size) {
+  uint8_t head[sizeof h];
+  std::memcpy(head, &h, sizeof h);
+  return crc32(payload, size, crc32(head, offsetof(lq_blob_header, crc32)));
 }
 
 static void check_dims(uint32_t m, uint32_t n, uint32_t r, uint32_t group) {
@@ -98,7 +106,7 @@ std::vector<uint8_t> Module::to_bytes() const {
   h.group_size = group_;
   h.scale_format = LQ_SCALE_FORMAT_FP16;
   h.payload_bytes = payload_.size();
-  h.payload_crc32 = crc32(payload_.data(), payload_.size());
+  h.crc32 = blob_crc(h, payload_.data(), payload_.size());
   std::vector<uint8_t> out(sizeof h + payload_.size());
   std::memcpy(out.data(), &h, sizeof h);
   std::memcpy(out.data() + sizeof h, payload_.data(), payload_.size());
@@ -122,8 +130,8 @@ Module Module::from_bytes(const uint8_t* data, size_t size) {
     throw FormatError((h.payload_bytes > size - sizeof h ? "truncated: " : "trailing data: ") +
                       std::string("header declares ") + std::to_string(h.payload_bytes) +
                       " payload bytes, " + std::to_string(size - sizeof h) + " present");
-  if (crc32(data + sizeof h, size - sizeof h) != h.payload_crc32)
-    throw FormatError("checksum mismatch: the module's payload is corrupted");
+  if (blob_crc(h, data + sizeof h, size - sizeof h) != h.crc32)
+    throw FormatError("checksum mismatch: the module is corrupted");
   return Module(h.m, h.n, h.r, h.group_size,
                 std::vector<uint8_t>(data + sizeof h, data + size));
 }

@@ -85,7 +85,7 @@ typedef struct lq_blob_header {
   uint32_t scale_format;   /* LQ_SCALE_FORMAT_FP16 */
   uint32_t reserved0;      /* zero */
   uint64_t payload_bytes;  /* bytes that follow the header */
-  uint32_t payload_crc32;  /* CRC-32 (IEEE, reflected, as zlib) of the payload */
+  uint32_t crc32;          /* CRC-32 (IEEE, as zlib) of header bytes 0..39, then payload */
   uint32_t reserved1;      /* zero */
 } lq_blob_header;
 

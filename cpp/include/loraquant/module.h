@@ -71,7 +71,8 @@ class Module {
   Layout layout_;
 };
 
-uint32_t crc32(const uint8_t* data, size_t size);
+// CRC-32 (IEEE, as zlib); `seed` continues an earlier checksum.
+uint32_t crc32(const uint8_t* data, size_t size, uint32_t seed = 0);
 
 }  // namespace loraquant
 
