@@ -88,8 +88,8 @@ void Candidates::precompute(uint32_t max_w, bool all_groups) {
   for (uint32_t w = 1; w <= max_w; ++w)
     for (uint32_t k = 0; k < (all_groups ? kGroupOptions : 1); ++k)
       if (option_distinct(k)) todo.push_back({w, k});
+  // Serial on purpose: callers parallelise across pairs, where the work is coarse.
   const long per = (long)todo.size(), total = (long)f_.r * per;
-#pragma omp parallel for schedule(dynamic)
   for (long t = 0; t < total; ++t)
     if (f_.sigma[t / per] > 0) enc((uint32_t)(t / per), todo[t % per]);
 }

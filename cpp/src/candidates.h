@@ -40,7 +40,7 @@ class Candidates {
   // |b_i a_i^T - b_hat a_hat^T|_F^2 in configuration c (w = 0: the component is dropped).
   double err(uint32_t i, Config c);
   // Encode widths 1..max_w (every distinct group option, or k = 0 only) of every
-  // component now, in parallel where built with OpenMP.
+  // component now.
   void precompute(uint32_t max_w, bool all_groups);
   // Fix one configuration per component; payload, decoded and refit then use it.
   void select(const std::vector<Config>& cfg);

@@ -115,7 +115,7 @@ std::vector<Compressed> compress_many(const std::vector<PairInput>& in, const Co
   const long np = (long)in.size();
   std::vector<std::shared_ptr<Candidates>> cands(in.size());
   std::vector<std::string> errors(in.size());
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (np > 1)
   for (long k = 0; k < np; ++k) {
     try {
       cands[k] = prepare(in[k], o);
