@@ -22,11 +22,11 @@ def vector_bytes(length: int, width: int, group: int) -> int:
 
 def payload_bytes(payload: bytes, m: int, n: int, r: int, group_size: int) -> int:
     """Recompute the payload size from its own widths and shifts, as format.h says."""
-    widths, bsh, ash = payload[:r], payload[r:2 * r], payload[2 * r:3 * r]
-    total = pad4(3 * r) + 4
+    bw, aw, bsh, ash = (payload[k * r:(k + 1) * r] for k in range(4))
+    total = pad4(4 * r) + 4
     for i in range(r):
-        total += vector_bytes(m, widths[i], group_size << bsh[i])
-        total += vector_bytes(n, widths[i], group_size << ash[i])
+        total += vector_bytes(m, bw[i], group_size << bsh[i])
+        total += vector_bytes(n, aw[i], group_size << ash[i])
     return total
 
 

@@ -36,7 +36,7 @@ def test_awkward_shapes_all_consistent(r):
             assert Ah.dtype == torch.float32
             assert rel_err(A, B, q, 0.5) == pytest.approx(q.rel_error, rel=1e-6, abs=1e-9)
             # no component beyond the rank of B @ A can carry a width
-            assert all(w == 0 for w in q.widths[min(m, n, r):])
+            assert all(w == (0, 0) for w in q.widths[min(m, n, r):])
 
 
 def test_thin_svd_matches_full_svd_and_is_deterministic():
@@ -76,7 +76,7 @@ def test_paper_mode_no_worse_than_the_published_recipe(rho, high):
         Bh, Ah, h = paper_reference(A, B, rho, high)
         ref = torch.as_tensor(B @ A)
         ref_err = float(torch.linalg.norm(ref - Bh @ Ah) / torch.linalg.norm(ref))
-        assert q.widths[:h] == [high] * h and q.widths[h:] == [1] * (r - h)
+        assert q.widths[:h] == [(high, high)] * h and q.widths[h:] == [(1, 1)] * (r - h)
         assert q.rel_error <= ref_err, (seed, q.rel_error, ref_err)
 
 
@@ -108,7 +108,7 @@ def test_all_zero_adapter_is_a_valid_zero_result():
     B = np.zeros((17, 4))
     for kw in [dict(bits=2.0), dict(rho=0.9)]:
         q = loraquant.compress(A, B, **kw)
-        assert q.widths == [0, 0, 0, 0] and q.rel_error == 0.0
+        assert q.widths == [(0, 0)] * 4 and q.rel_error == 0.0
         Ah, Bh = q.dequantize()
         assert float(Ah.abs().sum()) == 0.0 and float(Bh.abs().sum()) == 0.0
         y = q.apply(torch.randn(3, 33))

@@ -118,7 +118,8 @@ def test_golden_module_decodes_by_the_documented_formula():
     import struct
     import zlib
     m, n, r, group = 3, 2, 2, 2
-    payload = bytes([2, 0,  0, 0,  1, 0]) + b"\0\0" + struct.pack("<f", 0.5)
+    # b_width, a_width, b_shift, a_shift (r = 2 each), then the unit
+    payload = bytes([2, 0,  2, 0,  0, 0,  1, 0]) + struct.pack("<f", 0.5)
     # component 0 at width 2, b (len 3, groups of 2): 2 groups x {delta, zmin}
     payload += struct.pack("<4e", 1.0, -2.0, 2.0, 0.0)  # in units of 0.5
     payload += struct.pack("<I", 0b11_10_01)            # codes 1, 2, 3
@@ -132,5 +133,5 @@ def test_golden_module_decodes_by_the_documented_formula():
     assert np.array_equal(B[:, 0], np.array([-0.5, 0.0, 3.0], dtype=np.float32))
     assert np.array_equal(A[0], np.array([1.5, 0.0], dtype=np.float32))
     assert np.array_equal(B[:, 1], np.zeros(3, dtype=np.float32))
-    assert mod.widths == [2, 0] and mod.nbytes == len(payload)
+    assert mod.widths == [(2, 2), (0, 0)] and mod.nbytes == len(payload)
     assert mod.to_bytes() == header + payload

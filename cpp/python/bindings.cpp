@@ -94,8 +94,10 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("avg_bits", &lq::Module::avg_bits)
       .def_property_readonly("unit", &lq::Module::unit)
       .def_property_readonly("widths", [](const lq::Module& s) {
-        return std::vector<int>(s.widths(), s.widths() + s.r());
-      })
+        std::vector<std::pair<int, int>> w;
+        for (uint32_t i = 0; i < s.r(); ++i) w.emplace_back(s.b_width(i), s.a_width(i));
+        return w;
+      }, "(width of b_i, width of a_i) per component")
       .def("probe_norm", [](const lq::Module& s) {
         py::gil_scoped_release nogil;
         return s.probe_norm();

@@ -42,7 +42,7 @@ std::vector<Config> paper_config(const std::vector<double>& sigma, const Compres
   const uint32_t h = paper_split(sigma, o.rho);
   std::vector<Config> c(sigma.size());
   for (size_t i = 0; i < sigma.size(); ++i)
-    if (sigma[i] > 0) c[i].w = i < h ? o.high_bits : 1;
+    if (sigma[i] > 0) c[i].wb = c[i].wa = i < h ? o.high_bits : 1;
   return c;
 }
 

@@ -29,7 +29,8 @@ uint32_t crc32(const uint8_t* data, size_t size, uint32_t seed) {
 }
 
 Layout make_layout(uint32_t m, uint32_t n, uint32_t r, uint32_t group, const uint8_t* prefix) {
-  const uint8_t *widths = prefix, *bs = prefix + r, *as = prefix + 2 * (size_t)r;
+  const uint8_t *bw = prefix, *aw = prefix + r, *bs = prefix + 2 * (size_t)r,
+                *as = prefix + 3 * (size_t)r;
   Layout L;
   L.b_offset.assign(r, 0);
   L.a_offset.assign(r, 0);
@@ -40,9 +41,9 @@ Layout make_layout(uint32_t m, uint32_t n, uint32_t r, uint32_t group, const uin
     L.b_group[i] = lq_group(group, bs[i]);
     L.a_group[i] = lq_group(group, as[i]);
     L.b_offset[i] = off;
-    off += lq_vector_bytes(m, widths[i], L.b_group[i]);
+    off += lq_vector_bytes(m, bw[i], L.b_group[i]);
     L.a_offset[i] = off;
-    off += lq_vector_bytes(n, widths[i], L.a_group[i]);
+    off += lq_vector_bytes(n, aw[i], L.a_group[i]);
   }
   L.payload_bytes = off;
   return L;
@@ -72,14 +73,17 @@ Module::Module(uint32_t m, uint32_t n, uint32_t r, uint32_t group, std::vector<u
     throw FormatError("payload of " + std::to_string(payload_.size()) +
                       " bytes is shorter than its " + std::to_string(prefix) + "-byte prefix");
   for (uint32_t i = 0; i < r; ++i) {
-    if (payload_[i] > LQ_MAX_WIDTH)
-      throw FormatError("component " + std::to_string(i) + " has width " +
-                        std::to_string(payload_[i]) + " > 8");
-    if (payload_[r + i] > LQ_MAX_SHIFT || payload_[2 * (size_t)r + i] > LQ_MAX_SHIFT)
-      throw FormatError("component " + std::to_string(i) + " has a group shift > " +
-                        std::to_string(LQ_MAX_SHIFT));
+    const uint32_t bw = payload_[i], aw = payload_[r + i];
+    const uint32_t bs = payload_[2 * (size_t)r + i], as = payload_[3 * (size_t)r + i];
+    const std::string comp = "component " + std::to_string(i);
+    if (bw > LQ_MAX_WIDTH || aw > LQ_MAX_WIDTH)
+      throw FormatError(comp + " has a width > 8 (" + std::to_string(bw) + ", " +
+                        std::to_string(aw) + ")");
+    if ((bw == 0) != (aw == 0)) throw FormatError(comp + " has one factor of width 0, not both");
+    if (bs > LQ_MAX_SHIFT || as > LQ_MAX_SHIFT || (bw == 0 && (bs || as)))
+      throw FormatError(comp + " has an invalid group shift");
   }
-  for (uint64_t k = 3 * (uint64_t)r; k < prefix - 4; ++k)
+  for (uint64_t k = 4 * (uint64_t)r; k < prefix - 4; ++k)
     if (payload_[k] != 0) throw FormatError("nonzero padding after the group shifts");
   layout_ = make_layout(m, n, r, group, payload_.data());
   if (layout_.payload_bytes != payload_.size())
@@ -141,11 +145,10 @@ void Module::dequantize(float* A_hat, float* B_hat) const {
   std::memset(B_hat, 0, sizeof(float) * (size_t)m_ * r_);
   std::vector<float> tmp(std::max(m_, n_));
   for (uint32_t i = 0; i < r_; ++i) {
-    uint32_t w = widths()[i];
-    if (w == 0) continue;
-    decode_vector(b_block(i), m_, w, b_group(i), unit_, tmp.data());
+    if (b_width(i) == 0) continue;
+    decode_vector(b_block(i), m_, b_width(i), b_group(i), unit_, tmp.data());
     for (uint32_t j = 0; j < m_; ++j) B_hat[(size_t)j * r_ + i] = tmp[j];
-    decode_vector(a_block(i), n_, w, a_group(i), unit_, A_hat + (size_t)i * n_);
+    decode_vector(a_block(i), n_, a_width(i), a_group(i), unit_, A_hat + (size_t)i * n_);
   }
 }
 

@@ -58,8 +58,9 @@ def _torch():
 class QuantizedLoRA:
     """One compressed LoRA module: dW_hat = B_hat @ A_hat, stored packed.
 
-    shape is (m, n) of the update, rank is r of the input pair. widths[i] is the bit
-    width of SVD component i (0: dropped). avg_bits counts every stored byte.
+    shape is (m, n) of the update, rank is r of the input pair. widths[i] is the pair
+    (bits of b_i, bits of a_i) of SVD component i ((0, 0): dropped); budget mode may
+    give the two factors different widths. avg_bits counts every stored byte.
     """
 
     def __init__(self, module: "_core.Module", singular_values=None, rel_error=None):
@@ -79,8 +80,14 @@ class QuantizedLoRA:
         return self._m.r
 
     @property
-    def widths(self) -> list[int]:
-        return list(self._m.widths)
+    def widths(self) -> list[tuple[int, int]]:
+        return [tuple(w) for w in self._m.widths]
+
+    @property
+    def component_bits(self) -> list[float]:
+        """Code bits per weight of each component: (m * w_b + n * w_a) / (m + n)."""
+        m, n = self.shape
+        return [(m * b + n * a) / (m + n) for b, a in self.widths]
 
     @property
     def group_size(self) -> int:

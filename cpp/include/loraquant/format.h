@@ -9,7 +9,8 @@
  *
  * where b_i (length m) and a_i (length n) are the i-th SVD component with the
  * singular value and the scaling s folded in (b_i = u_i sqrt(s sigma_i),
- * a_i = v_i sqrt(s sigma_i)). Component i is stored at width w_i bits per entry:
+ * a_i = v_i sqrt(s sigma_i)). Each vector is stored at its own width w bits per
+ * entry (b_i and a_i may differ; both are 0 or neither is):
  *
  *   w = 0    the component is dropped; nothing is stored for it.
  *   w = 1    x = code ? +alpha : -alpha              (alpha per group)
@@ -26,12 +27,14 @@
  *   lq_blob_header      48 bytes, below (not counted in avg_bits: fixed size)
  *   payload             payload_bytes bytes, all counted in avg_bits:
  *
- *     uint8  widths[r]              width of each component, 0..8
+ *     uint8  b_width[r]             width of b_i, 0..8
+ *     uint8  a_width[r]             width of a_i, 0..8 (0 exactly when b_width[i] is)
  *     uint8  b_shift[r]             group length of b_i is group_size << b_shift[i]
  *     uint8  a_shift[r]             group length of a_i is group_size << a_shift[i]
- *     uint8  pad[]                  zeros up to a multiple of 4 bytes (shifts <= 24)
+ *     uint8  pad[]                  zeros up to a multiple of 4 bytes (shifts <= 24,
+ *                                   and 0 for dropped components)
  *     float  unit                   power of two; every fp16 scale is in units of it
- *     for i in 0..r-1 with widths[i] > 0:
+ *     for i in 0..r-1 with b_width[i] > 0:
  *        vector block of b_i (length m)
  *        vector block of a_i (length n)
  *
@@ -118,8 +121,8 @@ LQ_HD uint64_t lq_group(uint32_t group_size, uint32_t shift) {
   return (uint64_t)group_size << shift;
 }
 
-/* Bytes before the first vector block: widths, b_shift, a_shift, pad, unit. */
-LQ_HD uint64_t lq_prefix_bytes(uint32_t r) { return lq_pad4(3u * (uint64_t)r) + 4u; }
+/* Bytes before the first vector block: b_width, a_width, b_shift, a_shift, pad, unit. */
+LQ_HD uint64_t lq_prefix_bytes(uint32_t r) { return lq_pad4(4u * (uint64_t)r) + 4u; }
 
 /* Code of entry j of a code stream of the given width. */
 LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
@@ -152,7 +155,7 @@ LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
  *   "format_version"  "1"
  *   "modules"         a JSON array, in file order, of
  *                     {"name": str, "m": int, "n": int, "r": int, "group_size": int,
- *                      "scaling": float, "widths": [int, ...]}
+ *                      "scaling": float, "widths": [[b_width, a_width], ...]}
  *                     name is the PEFT module path (state-dict key without
  *                     ".lora_A.weight"); scaling is the one folded into the codes
  *   "extras"          a JSON array of the names of extra tensors kept unchanged
@@ -167,8 +170,7 @@ LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
  *
  * A reader checks: N fits the file, the JSON parses, every tensor's offsets lie in
  * the data section and match dtype x shape, data_crc32 matches, format_version is
- * "1", and each module's entry agrees with its blob header (m, n, r, group_size,
- * widths). Anything else is a format error.
+ * "1", and each module's entry agrees with its blob (m, n, r, group_size, widths). Anything else is a format error.
  */
 #define LQ_ADAPTER_FORMAT "loraquant-adapter"
 #define LQ_ADAPTER_FORMAT_VERSION "1"
