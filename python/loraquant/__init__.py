@@ -18,3 +18,7 @@ def build_info() -> dict:
 
 
 __all__ = ["QuantizedLoRA", "compress", "compress_adapter", "FormatError", "build_info", "__version__"]
+
+from .adapter_file import CompressedAdapter, load, save
+
+__all__ += ["CompressedAdapter", "load", "save"]
