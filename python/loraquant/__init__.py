@@ -22,3 +22,7 @@ __all__ = ["QuantizedLoRA", "compress", "compress_adapter", "FormatError", "buil
 from .adapter_file import CompressedAdapter, load, save
 
 __all__ += ["CompressedAdapter", "load", "save"]
+
+from .peft_io import compress_peft, export_peft
+
+__all__ += ["compress_peft", "export_peft"]
