@@ -54,12 +54,10 @@ def run_compress(args) -> int:
     return 0
 
 
-def _size(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return ""  # not reached
+def _size(nbytes: int) -> str:
+    """Bytes in B, KiB, MiB or GiB."""
+    i = min(int(math.log(max(nbytes, 1), 1024)), 3)
+    return f"{nbytes} B" if i == 0 else f"{nbytes / 1024 ** i:.1f} {('KiB', 'MiB', 'GiB')[i - 1]}"
 
 
 def error_summary(adapter) -> tuple[float, float, str]:
