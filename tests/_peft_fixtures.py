@@ -7,6 +7,8 @@ make every test trivially pass), and so are LoRA biases and modules_to_save copi
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import torch
@@ -90,3 +92,9 @@ def tokens(seed: int = 3, batch: int = 2, length: int = 7) -> torch.Tensor:
 @torch.no_grad()
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids).logits.float()
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """`python -m loraquant ARGS` in a fresh process, output captured as text."""
+    return subprocess.run([sys.executable, "-m", "loraquant", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)

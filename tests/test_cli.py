@@ -6,14 +6,13 @@ cli.main in-process, which returns the exit status instead of exiting.
 import json
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import _peft_fixtures as F
+from _peft_fixtures import run_cli
 import loraquant
 from loraquant import cli
 
@@ -23,11 +22,6 @@ BUDGET_SLACK = 1e-9
 # The summary prints errors to 4 decimals; the core measures them in float64 while the
 # test multiplies the float32 dequantized factors.
 PRINTED_ERROR_ATOL = 2e-4
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "loraquant", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
 
 
 def run_main(capsys, *args):

@@ -41,13 +41,11 @@ def _max_diff(a, b):
 @pytest.fixture(scope="module")
 def compressed_files(tmp_path_factory):
     """kind -> (PEFT directory, compressed file made by the CLI in a subprocess)."""
-    from test_cli import run_cli
-
     out = {}
     for kind in KINDS:
         root = tmp_path_factory.mktemp(kind)
         d = F.save_adapter(kind, root / "adapter")
-        res = run_cli("compress", d, root / "adapter.lqa", "--quiet")
+        res = F.run_cli("compress", d, root / "adapter.lqa", "--quiet")
         assert res.returncode == 0, res.stderr
         out[kind] = (d, root / "adapter.lqa")
     return out
