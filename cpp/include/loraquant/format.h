@@ -163,14 +163,26 @@ LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
  *   "peft_config"     the source adapter_config.json as a JSON object ("{}" if none)
  *   "data_crc32"      CRC-32 of the whole data section, 8 lowercase hex digits
  *
- * Tensors (all offsets inside the data section, non-overlapping):
+ * Tensors (all offsets inside the data section):
  *   "lq.<name>.blob"   U8  [bytes]  the module blob: lq_blob_header + payload
  *   "lq.<name>.sigma"  F32 [r]      singular values of s B A (for inspect, not served)
- *   "<extra name>"     any dtype    an extra tensor, unchanged
+ *   "<extra name>"     any dtype    an extra tensor, unchanged (never starts "lq.")
+ * Every tensor of the file is one of these. As safetensors requires, the tensors tile
+ * the data section: sorted by offset, each begins where the one before ends, the
+ * first at 0, the last at the end of the file (no gap, no overlap). Tensor names are
+ * unique (the JSON repeats no key).
+ *
+ * The writer (python/loraquant/adapter_file.py) pads the JSON with spaces so that the
+ * data section starts at a multiple of 8 bytes and writes tensors by falling
+ * alignment (8-byte dtypes, then blobs and other 4-byte ones, then 2, then 1), so
+ * every blob starts at a multiple of 4 (its code words are uint32) and every tensor
+ * at a multiple of its item size. Readers must check alignment, not assume it.
  *
  * A reader checks: N fits the file, the JSON parses, every tensor's offsets lie in
- * the data section and match dtype x shape, data_crc32 matches, format_version is
- * "1", and each module's entry agrees with its blob (m, n, r, group_size, widths). Anything else is a format error.
+ * the data section, match dtype x shape and tile it, data_crc32 matches,
+ * format_version is "1", every tensor is a listed module's or a listed extra, and
+ * each module's entry agrees with its blob (m, n, r, group_size, widths) and
+ * its sigma has r entries. Anything else is a format error.
  */
 #define LQ_ADAPTER_FORMAT "loraquant-adapter"
 #define LQ_ADAPTER_FORMAT_VERSION "1"
