@@ -351,3 +351,18 @@ def test_no_command_is_a_usage_error():
     res = run_cli()
     assert res.returncode == 2 and "usage: loraquant" in res.stderr
     assert "compress" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_demo_runs_and_reports_every_budget(capsys):
+    status, text, _ = run_main(capsys, "demo", "--layers", "1", "--hidden", "64", "--ffn", "96",
+                               "--rank", "4")
+    assert status == 0
+    for label in ("budget 1.5", "budget 2", "budget 3", "paper 2@0.9"):
+        assert label in text
+    diff = float(text.strip().splitlines()[-1].split()[-1])
+    assert diff < 1e-4  # packed kernel against dequantized matmul, float32
+
+
+def test_demo_rejects_bad_sizes(capsys):
+    status, _, err = run_main(capsys, "demo", "--rank", "0")
+    assert status != 0 and "--rank must be at least 1" in err

@@ -181,7 +181,15 @@ def run_export(args) -> int:
 
 # --- entry point --------------------------------------------------------------------
 
-SUBCOMMANDS = (add_compress, add_inspect, add_export)
+def add_demo(sub) -> None:
+    from . import demo
+    p = sub.add_parser("demo", help="compress a small synthetic adapter and report bits, "
+                       "size and error", description=demo.__doc__.splitlines()[0])
+    demo.add_arguments(p)
+    p.set_defaults(run=demo.run_args)
+
+
+SUBCOMMANDS = (add_compress, add_inspect, add_export, add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,15 +55,25 @@ def run(layers: int = 4, hidden: int = 1024, ffn: int = 2816, r: int = 16,
     return rows
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="loraquant demo", description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--ffn", type=int, default=2816)
-    p.add_argument("--rank", type=int, default=16)
-    a = p.parse_args(argv)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", type=int, default=4, help="decoder layers (default 4)")
+    p.add_argument("--hidden", type=int, default=1024, help="hidden size (default 1024)")
+    p.add_argument("--ffn", type=int, default=2816, help="MLP size (default 2816)")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+
+
+def run_args(a) -> int:
+    for key in ("layers", "hidden", "ffn", "rank"):
+        if getattr(a, key) < 1:
+            raise ValueError(f"--{key} must be at least 1, got {getattr(a, key)}")
     run(layers=a.layers, hidden=a.hidden, ffn=a.ffn, r=a.rank)
     return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="loraquant demo", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run_args(p.parse_args(argv))
 
 
 if __name__ == "__main__":
