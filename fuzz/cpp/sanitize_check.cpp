@@ -1,0 +1,124 @@
+// lq_sanitize_check: every fuzz target over a fixed, deterministic set of inputs, for
+// builds with AddressSanitizer and UBSan (tests/test_sanitizers.py). Valid blobs of
+// several shapes, each truncation, byte flips and hostile 32-bit values of them, and
+// compress() over pseudo-random pairs of extreme magnitudes.
+//
+//   lq_sanitize_check                        the fixed set
+//   lq_sanitize_check blob|compress FILE...  replay files (e.g. a libFuzzer crash)
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+#include "loraquant/compress.h"
+#include "loraquant/format.h"
+#include "targets.h"
+
+namespace lq = loraquant;
+
+namespace {
+
+size_t g_inputs = 0;
+
+void run(void (*target)(const uint8_t*, size_t), const std::vector<uint8_t>& bytes) {
+  target(bytes.data(), bytes.size());
+  ++g_inputs;
+}
+
+struct Shape {
+  uint32_t m, n, r, group;
+  double bits, rho;  // rho > 0: paper mode with high_bits
+  uint32_t high_bits;
+};
+
+// Awkward sizes, every group regime (1, shorter and longer than the vectors), both
+// modes, widths 1 to 8 and dropped components (as fuzz/make_seeds.py).
+const Shape kShapes[] = {
+    {1, 1, 1, 1, 2.0, 1.0, 8},     {3, 5, 2, 4, 2.0, 0.5, 5},          {17, 9, 4, 128, 6.0, 0, 2},
+    {64, 33, 6, 32, 2.5, 0, 2},    {130, 7, 3, 1 << 20, 4.0, 0, 2},    {40, 23, 5, 8, 2.0, 0.9, 3},
+};
+
+std::vector<uint8_t> valid_blob(const Shape& s) {
+  std::vector<double> A((size_t)s.r * s.n), B((size_t)s.m * s.r);
+  for (size_t k = 0; k < A.size(); ++k) A[k] = std::sin(1.3 * (double)k + 0.2);
+  for (size_t k = 0; k < B.size(); ++k) B[k] = std::cos(0.9 * (double)k) / (1 + k % 7);
+  lq::CompressOptions o;
+  o.bits = s.bits;
+  o.rho = s.rho;
+  o.high_bits = s.high_bits;
+  o.group_size = s.group;
+  lq::Compressed c = lq::compress({A.data(), B.data(), s.m, s.n, s.r, 0.5}, o);
+  if (c.module.b_width(0) == 0) lq_fuzz::fail("a seed shape keeps no component");
+  return c.module.to_bytes();
+}
+
+void blob_mutations(const std::vector<uint8_t>& blob) {
+  run(lq_fuzz::fuzz_blob, blob);
+  for (size_t k = 0; k < blob.size(); ++k)
+    run(lq_fuzz::fuzz_blob, std::vector<uint8_t>(blob.begin(), blob.begin() + k));
+  for (size_t k = 0; k < blob.size(); ++k)
+    for (uint8_t v : {uint8_t(0x00), uint8_t(0xFF), uint8_t(blob[k] ^ 0x01), uint8_t(blob[k] + 8)}) {
+      std::vector<uint8_t> b = blob;
+      b[k] = v;
+      run(lq_fuzz::fuzz_blob, b);
+    }
+  const uint32_t hostile[] = {0, 1, 9, 25, LQ_MAX_RANK + 1, LQ_MAX_DIM, LQ_MAX_DIM + 1,
+                              1u << 31, 0xFFFFFFFFu};
+  for (size_t k = 0; k + 4 <= blob.size(); k += 4)
+    for (uint32_t v : hostile) {
+      std::vector<uint8_t> b = blob;
+      std::memcpy(b.data() + k, &v, 4);
+      run(lq_fuzz::fuzz_blob, b);
+    }
+  std::vector<uint8_t> longer = blob;
+  longer.insert(longer.end(), 4, 0);
+  run(lq_fuzz::fuzz_blob, longer);
+}
+
+void compress_inputs() {
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  auto next = [&] {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return (uint8_t)(state >> 24);
+  };
+  for (int k = 0; k < 400; ++k) {
+    std::vector<uint8_t> b(10 + (size_t)(k * 37) % 300);
+    for (uint8_t& v : b) v = next();
+    if (k % 4 == 0) b[7] = b[8] = (uint8_t)(k % 8 < 4 ? 127 : 128);  // 2^127 or 2^-128
+    run(lq_fuzz::fuzz_compress, b);
+  }
+  run(lq_fuzz::fuzz_compress, {});
+}
+
+int replay(const char* target, int nfiles, char** files) {
+  void (*fn)(const uint8_t*, size_t) = nullptr;
+  if (std::strcmp(target, "blob") == 0) fn = lq_fuzz::fuzz_blob;
+  if (std::strcmp(target, "compress") == 0) fn = lq_fuzz::fuzz_compress;
+  if (!fn) {
+    std::fprintf(stderr, "unknown target %s (blob, compress)\n", target);
+    return 2;
+  }
+  for (int i = 0; i < nfiles; ++i) {
+    std::ifstream f(files[i], std::ios::binary);
+    if (!f) {
+      std::fprintf(stderr, "cannot read %s\n", files[i]);
+      return 2;
+    }
+    run(fn, std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {}));
+  }
+  std::printf("lq_sanitize_check: replayed %zu inputs\n", g_inputs);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc >= 2) return replay(argv[1], argc - 2, argv + 2);
+  for (const Shape& s : kShapes) blob_mutations(valid_blob(s));
+  compress_inputs();
+  std::printf("lq_sanitize_check: %zu inputs, no failure\n", g_inputs);
+  return 0;
+}
