@@ -141,35 +141,47 @@ def test_paper_method_folds_the_scaling_and_beats_sign():
 
 # --- refinement -----------------------------------------------------------------------
 
-def test_refinement_gradient_matches_autograd():
-    g = torch.Generator().manual_seed(6)
-    b, a = torch.randn(3, 300, generator=g, dtype=torch.float64), torch.randn(3, 200, generator=g,
-                                                                                dtype=torch.float64)
-    rb, ra = P._Ranges(P._groups(b, 128, "edge"), 2), P._Ranges(P._groups(a, 128, "edge"), 2)
-    leaves = [t.clone().requires_grad_(True) for t in (rb.lo, rb.hi, ra.lo, ra.hi)]
-
-    def deq(xg, lo, hi, L):
-        return P._ungroup(P.rtn_apply(xg, *P.rtn_grid(lo, hi, 2), 2), L)
-
-    p, q = deq(rb.xg, *leaves[:2], 300), deq(ra.xg, *leaves[2:], 200)
+def _autograd_step(refiner, x, lr):
+    """What torch.optim.SGD on the refiner's parameters would do, through autograd."""
+    b, a = x
+    if refiner is P._EntrySGD:
+        leaves = [t.clone().requires_grad_(True) for t in (b, a)]
+        groups = [P._groups(t, 128, "edge") for t in leaves]
+        ranges = [(g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)) for g in groups]
+    else:
+        groups = [P._groups(t, 128, "edge") for t in (b, a)]
+        leaves = [t.clone().requires_grad_(True) for g in groups
+                  for t in (g.amin(-1, keepdim=True), g.amax(-1, keepdim=True))]
+        ranges = [leaves[:2], leaves[2:]]
+    p, q = (P._ungroup(P.rtn_apply(g, *P.rtn_grid(lo, hi, 2), 2), t.shape[1])
+            for g, (lo, hi), t in zip(groups, ranges, (b, a)))
     P._pair_loss(b, a, p, q).sum().backward()
-
-    (pg, off_b), (qg, off_a) = rb.dequant(), ra.dequant()
-    gp, gq = P._refine_grad(b, a, P._ungroup(pg, 300), P._ungroup(qg, 200))
-    lr = 1.0
-    rb.sgd_step(off_b, P._groups(gp, 128, "zero"), lr)
-    ra.sgd_step(off_a, P._groups(gq, 128, "zero"), lr)
-    for leaf, start, now in zip(leaves, (leaves[0], leaves[1], leaves[2], leaves[3]),
-                                (rb.lo, rb.hi, ra.lo, ra.hi)):
-        assert leaf.grad.abs().max() > 0
-        assert torch.allclose(start.detach() - now, lr * leaf.grad, atol=GRAD_TOL)
+    return [(t - lr * t.grad).detach() for t in leaves], [t.grad for t in leaves]
 
 
-def test_refinement_lowers_the_error_of_each_high_component():
+@pytest.mark.parametrize("refiner", [P._EntrySGD, P._RangeSGD])
+def test_refinement_gradient_matches_autograd(refiner):
+    g = torch.Generator().manual_seed(6)
+    b = torch.randn(3, 300, generator=g, dtype=torch.float64)
+    a = torch.randn(3, 200, generator=g, dtype=torch.float64)
+    want, grads = _autograd_step(refiner, (b, a), lr=0.5)
+    assert all(gr.abs().max() > 0 for gr in grads)
+    rb, ra = refiner(b, 2, 128), refiner(a, 2, 128)
+    (p, off_b), (q, off_a) = rb.dequant(), ra.dequant()
+    gp, gq = P._refine_grad(b, a, p, q)
+    rb.step(off_b, gp, 0.5)
+    ra.step(off_a, gq, 0.5)
+    got = [rb.x, ra.x] if refiner is P._EntrySGD else [rb.lo, rb.hi, ra.lo, ra.hi]
+    for w, gt in zip(want, got):
+        assert torch.allclose(gt, w, atol=GRAD_TOL)
+
+
+@pytest.mark.parametrize("params", ["entries", "range"])
+def test_refinement_lowers_the_error_of_each_high_component(params):
     A, B = _pair(640, 384, 4, seed=7, decay=0.2)
     Bp, _, Ap = P.svd_factors(A, B)
     plain = P.quantize_factors(Bp, Ap, lambda x: P.rtn_rows(x, 2))
-    tuned = P.refine_high(Bp, Ap, 2)
+    tuned = P.refine_high(Bp, Ap, 2, params=params)
     for i in range(4):
         target = torch.outer(Bp[:, i], Ap[i])
         e_plain = (target - torch.outer(plain[0][:, i], plain[1][i])).norm()
@@ -177,10 +189,16 @@ def test_refinement_lowers_the_error_of_each_high_component():
         assert e_tuned < 0.97 * e_plain
 
 
-def test_refinement_with_no_steps_is_plain_rtn():
+@pytest.mark.parametrize("params", ["entries", "range"])
+def test_refinement_with_no_steps_is_plain_rtn(params):
     A, B = _pair(200, 130, 3, seed=8)
     Bp, _, Ap = P.svd_factors(A, B)
     Bq, Aq = P.quantize_factors(Bp, Ap, lambda x: P.rtn_rows(x, 3))
-    Bt, At = P.refine_high(Bp, Ap, 3, steps=0)
+    Bt, At = P.refine_high(Bp, Ap, 3, steps=0, params=params)
     assert torch.allclose(Bt, Bq, rtol=1e-6, atol=1e-7)   # float32 inside refine_high
     assert torch.allclose(At, Aq, rtol=1e-6, atol=1e-7)
+
+
+def test_refinement_rejects_unknown_params():
+    with pytest.raises(ValueError):
+        P.refine_high(torch.ones(4, 1), torch.ones(1, 4), 2, params=True)
