@@ -119,9 +119,9 @@ def published(pairs, rho):
     return out, bits
 
 
-def loraquant_shared(pairs, bits):
+def loraquant_shared(pairs, bits, balance="relative"):
     """loraquant.compress_adapter: one budget over all modules; (factors, bits used)."""
-    qs = loraquant.compress_adapter(pairs, bits=bits)
+    qs = loraquant.compress_adapter(pairs, bits=bits, balance=balance)
     return {n: q.dequantize() for n, q in qs.items()}, _adapter_bits(
         pairs, {n: q.avg_bits for n, q in qs.items()})
 
@@ -150,6 +150,8 @@ def evaluate(model, held, context) -> list[dict]:
         tag = f"2@{rho:g}"
         settings = [(f"published {tag} +SGD", (fac, bits)),
                     (f"loraquant shared budget = {tag}", loraquant_shared(pairs, bits)),
+                    (f"loraquant shared, absolute balance = {tag}",
+                     loraquant_shared(pairs, bits, "absolute")),
                     (f"loraquant shared budget {LOWER_SHARE:.0%} of {tag}",
                      loraquant_shared(pairs, LOWER_SHARE * bits)),
                     (f"loraquant per module = {tag}", loraquant_per_module(pairs, module_bits))]
