@@ -116,20 +116,39 @@ def test_all_zero_adapter_is_a_valid_zero_result():
         assert loraquant.QuantizedLoRA.from_bytes(q.to_bytes()).to_bytes() == q.to_bytes()
 
 
-def test_compress_adapter_spreads_one_budget():
-    pairs = {f"m{i}": (*lora_like(256, 256, 8, 0.8, seed=i, scale=0.01 * (i + 1)), 1.0) for i in range(4)}
-    out = loraquant.compress_adapter(pairs, bits=2.0)
+def _sq_error(out, pairs, relative):
+    total = 0.0
+    for k, q in out.items():
+        A, B, _ = pairs[k]
+        norm2 = 1.0 if relative else float(np.sum((B @ A) ** 2))
+        total += q.rel_error ** 2 * norm2
+    return total
+
+
+@pytest.mark.parametrize("balance", ["relative", "absolute"])
+def test_compress_adapter_spreads_one_budget(balance):
+    # modules differ in spectrum shape (decay) and in norm (scale)
+    specs = [(0.6, 0.01), (0.95, 0.01), (0.8, 0.002), (0.8, 0.05)]
+    pairs = {f"m{i}": (*lora_like(256, 256, 8, d, seed=i, scale=s), 1.0) for i, (d, s) in enumerate(specs)}
+    out = loraquant.compress_adapter(pairs, bits=2.0, balance=balance)
     assert list(out) == list(pairs)
-    total_bytes = sum(q.nbytes for q in out.values())
-    assert total_bytes * 8 <= 2.0 * sum(8 * (256 + 256) for _ in pairs)
-    # heavier modules get more bits
-    bits = [out[k].avg_bits for k in pairs]
-    assert bits[-1] > bits[0]
-    # per-module compression at the same average gives a larger summed squared error
-    def sq(qs, ps):
-        return sum((q.rel_error * np.linalg.norm(ps[k][1] @ ps[k][0])) ** 2 for k, q in qs.items())
+    assert sum(q.nbytes for q in out.values()) * 8 <= 2.0 * len(pairs) * 8 * (256 + 256)
+    bits = {k: q.avg_bits for k, q in out.items()}
+    assert bits["m1"] > bits["m0"]  # the flatter spectrum needs more bits either way
+    if balance == "absolute":
+        assert bits["m3"] > bits["m2"]  # the larger update wins under the plain sum
+    else:
+        assert bits["m2"] > 0.5  # a small update is not starved
+    # one shared budget beats compressing each module alone at the same average
     alone = {k: loraquant.compress(A, B, bits=2.0) for k, (A, B, _) in pairs.items()}
-    assert sq(out, pairs) < sq(alone, pairs)
+    rel = balance == "relative"
+    assert _sq_error(out, pairs, rel) < _sq_error(alone, pairs, rel)
+
+
+def test_compress_adapter_rejects_an_unknown_balance():
+    pairs = {"a": (*lora_like(32, 32, 4, 0.8, seed=0), 1.0)}
+    with pytest.raises(ValueError, match="balance"):
+        loraquant.compress_adapter(pairs, bits=2.0, balance="fair")
 
 
 def test_compress_adapter_names_the_bad_module():

@@ -89,8 +89,10 @@ double relative_error(const Factors& f, const std::vector<float>& b_hat,
                       const std::vector<float>& a_hat);
 
 // Configurations by greedy marginal gain per byte over all components of all pairs,
-// within `budget` bytes of vector blocks. Returns one configuration vector per pair.
-std::vector<std::vector<Config>> allocate_greedy(std::vector<Candidates*>& pairs, int64_t budget);
+// within `budget` bytes of vector blocks; with `relative`, each pair's squared error
+// counts over its |s B A|_F^2. Returns one configuration vector per pair.
+std::vector<std::vector<Config>> allocate_greedy(std::vector<Candidates*>& pairs, int64_t budget,
+                                                 bool relative);
 
 }  // namespace loraquant
 

@@ -102,7 +102,8 @@ std::vector<Compressed> finish(const std::vector<Candidates*>& cands, const Comp
       fixed += (double)lq_prefix_bytes(f.r);
     }
     std::vector<Candidates*> ptrs(cands);
-    cfg = allocate_greedy(ptrs, (int64_t)std::floor(o.bits * weights / 8.0 - fixed));
+    cfg = allocate_greedy(ptrs, (int64_t)std::floor(o.bits * weights / 8.0 - fixed),
+                          o.relative_balance);
   }
   std::vector<Compressed> out(np);
   for (size_t k = 0; k < np; ++k) out[k] = finish_one(*cands[k], cfg[k], o);

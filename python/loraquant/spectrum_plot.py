@@ -29,7 +29,7 @@ def plot_spectra(adapter, out_path, *, title: str = "adapter") -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
 
     groups = _groups(adapter)
     cols = min(PANEL_COLUMNS, len(groups))
@@ -49,7 +49,7 @@ def plot_spectra(adapter, out_path, *, title: str = "adapter") -> None:
             used.update(max(w) for w in q.widths)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels collide on log axes
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{kind} ({len(qs)} module{'s' if len(qs) > 1 else ''})", fontsize=10)
         ax.set_xlabel("component", fontsize=8)
