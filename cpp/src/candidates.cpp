@@ -4,13 +4,16 @@
 #include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <stdexcept>
 
 #include "loraquant/quantize.h"
 
 namespace loraquant {
 
 namespace {
+constexpr double kMaxFactor = 1267650600228229401496703205376.0;  // 2^100
 // Smallest shift s with group << s >= len: one group for the whole vector.
 uint32_t whole_shift(uint32_t len, uint32_t group) {
   uint32_t s = 0;
@@ -26,6 +29,14 @@ Candidates::Candidates(Factors f, uint32_t group, bool range_search)
   double mx = 0;
   for (float v : bf_) mx = std::max(mx, (double)std::fabs(v));
   for (float v : af_) mx = std::max(mx, (double)std::fabs(v));
+  // Factors are stored as float32 values in fp16 units of a power of two <= 2^127; far
+  // below that bound every scale, decoded value and re-fit stays finite.
+  if (!(mx <= kMaxFactor)) {
+    char msg[160];
+    std::snprintf(msg, sizeof msg, "scaling * B @ A is too large to store: its factors "
+                  "reach %.3g, more than 2^100 = %.3g", mx, kMaxFactor);
+    throw std::invalid_argument(msg);
+  }
   // Headroom of 4x for the re-fit, which may grow entries a little.
   unit_ = choose_unit(4.0 * mx);
   const uint32_t wb = whole_shift(f_.m, group), wa = whole_shift(f_.n, group);

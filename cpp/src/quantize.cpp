@@ -60,10 +60,12 @@ inline float round_scale(float v, float unit, uint16_t* stored) {
   return lq_half_to_float(h) * unit;
 }
 
-// Code of one entry: round half up of (x - zmin) / delta, clamped to [0, qmax].
+// Code of one entry: round half up of (x - zmin) / delta, clamped to [0, qmax]. NaN
+// (0 * inf, when delta is so small that 1 / delta overflows) becomes 0: converting it
+// to an integer would be undefined.
 inline float rtn_level(float x, float zmin, float inv, float qmax) {
   float v = (x - zmin) * inv;
-  v = v < 0.0f ? 0.0f : v;
+  v = v > 0.0f ? v : 0.0f;
   v = v > qmax ? qmax : v;
   return (float)(int32_t)(v + 0.5f);
 }

@@ -37,6 +37,10 @@ Factors thin_svd(const double* A, const double* B, uint32_t m, uint32_t n, uint3
   Mat V = Qa * svd.matrixV();        // n x k
   const Eigen::VectorXd& S = svd.singularValues();
   const Eigen::Index k = S.size();
+  // Entries near 1e154 overflow the squares inside the factorisations (NaN, garbage).
+  if (!core.allFinite() || !(S * std::fabs(scaling)).allFinite())
+    throw std::invalid_argument("scaling * B @ A is too large: its factorisation overflows "
+                                "double precision");
 
   Factors f;
   f.m = m;

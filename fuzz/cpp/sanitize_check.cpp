@@ -76,6 +76,20 @@ void blob_mutations(const std::vector<uint8_t>& blob) {
   run(lq_fuzz::fuzz_blob, longer);
 }
 
+// Inputs that once failed, each with what it found.
+struct Regression {
+  void (*target)(const uint8_t*, size_t);
+  std::vector<uint8_t> bytes;
+};
+const Regression kRegressions[] = {
+    // compress: factors of 93 * 2^138 overflow float32; the inf codes became NaN and
+    // the float-to-int conversion of the code was undefined.
+    {lq_fuzz::fuzz_compress, {0x22, 0x22, 0x75, 0x75, 0x75, 0x75, 0x75, 0x75, 0x75, 0x75, 0x5d}},
+    // compress: factors near 2^-120 give an fp16 delta of 2^-149, so 1 / delta = inf and
+    // an entry equal to zmin gives 0 * inf = NaN before the same conversion.
+    {lq_fuzz::fuzz_compress, {0x10, 0x86, 0x85, 0x86, 0xff, 0x85, 0x00, 0x86, 0x86, 0x86, 0x85, 0x00}},
+};
+
 void compress_inputs() {
   uint64_t state = 0x9E3779B97F4A7C15ull;
   auto next = [&] {
@@ -117,6 +131,7 @@ int replay(const char* target, int nfiles, char** files) {
 
 int main(int argc, char** argv) {
   if (argc >= 2) return replay(argv[1], argc - 2, argv + 2);
+  for (const Regression& r : kRegressions) run(r.target, r.bytes);
   for (const Shape& s : kShapes) blob_mutations(valid_blob(s));
   compress_inputs();
   std::printf("lq_sanitize_check: %zu inputs, no failure\n", g_inputs);

@@ -1,0 +1,70 @@
+"""Helpers of the hostile-input tests: a small adapter file and ways to edit one.
+
+The byte-level helpers are the fuzzers' own (fuzz/python/mutate.py), so the tests and
+the fuzzers take files apart the same way.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import loraquant
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "fuzz" / "python"))
+import mutate  # noqa: E402
+
+split, join, fix_blob_crc = mutate.split, mutate.join, mutate.fix_blob_crc
+
+NAMES = ("base_model.model.layers.0.q_proj", "base_model.model.layers.0.v_proj")
+
+
+def pair(seed: int, m: int, n: int, r: int):
+    g = np.random.default_rng(seed)
+    return g.standard_normal((r, n)), g.standard_normal((m, r))
+
+
+def modules() -> dict:
+    return {NAMES[0]: loraquant.compress(*pair(0, 24, 17, 4), bits=3.0, group_size=8),
+            NAMES[1]: loraquant.compress(*pair(1, 9, 40, 3), bits=4.0)}
+
+
+def adapter_bytes(tmp: Path) -> bytes:
+    """A valid file: two modules, an extra and an empty extra."""
+    path = tmp / "seed.lqa"
+    loraquant.save(path, modules(), extras={"w": torch.ones(3, 2), "empty": torch.zeros(0, 5)},
+                   peft_config={"peft_type": "LORA", "r": 4})
+    return path.read_bytes()
+
+
+def rewrite(data: bytes, header=None, meta=None, body=None) -> bytes:
+    """`data` with its header dict, one metadata JSON field or its data section edited
+    (each a function editing in place; meta is (key, fn)), the data CRC-32 recomputed."""
+    head, rest = split(data)
+    rest = bytearray(rest)
+    if body:
+        body(head, rest)
+    if meta:
+        key, fn = meta
+        value = json.loads(head["__metadata__"][key])
+        fn(value)
+        head["__metadata__"][key] = json.dumps(value)
+    if header:
+        header(head)
+    head["__metadata__"]["data_crc32"] = f"{zlib.crc32(rest):08x}"
+    return join(json.dumps(head).encode(), bytes(rest))
+
+
+def blob_edit(name: str, offset: int, raw: bytes):
+    """A body edit writing `raw` at `offset` of module `name`'s blob, its CRC fixed."""
+    def edit(head, rest):
+        begin, end = head[f"lq.{name}.blob"]["data_offsets"]
+        blob = bytearray(rest[begin:end])
+        blob[offset:offset + len(raw)] = raw
+        rest[begin:end] = fix_blob_crc(bytes(blob))
+    return edit
