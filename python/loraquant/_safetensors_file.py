@@ -117,26 +117,46 @@ def read_header(f, file_size: int) -> tuple[dict, dict, int]:
 
 
 def _parse_json(raw: bytes) -> dict:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"JSON header is not valid UTF-8: {e}") from None
+    obj = parse_json(text, "JSON header")
+    if not isinstance(obj, dict):
+        raise FormatError(f"JSON header must be an object, got {type(obj).__name__}")
+    return obj
+
+
+def parse_json(text: str, what: str):
+    """Strict JSON: no repeated keys, no NaN, Infinity or 1e999; every failure (nesting deeper
+    than the parser's recursion, integers longer than Python converts) a FormatError."""
     def no_duplicates(pairs):
         keys = [k for k, _ in pairs]
         if len(set(keys)) != len(keys):
             dup = sorted({k for k in keys if keys.count(k) > 1})
-            raise FormatError(f"JSON header repeats the key(s) {dup}")
+            raise FormatError(f"{what} repeats the key(s) {dup}")
         return dict(pairs)
 
     def no_constants(word):
-        raise FormatError(f"JSON header contains {word}, which JSON does not allow")
+        raise FormatError(f"{what} contains {word}, which JSON does not allow")
+
+    def finite(word):
+        value = float(word)
+        if not math.isfinite(value):
+            raise FormatError(f"{what} contains {word[:20]}, beyond the range of a float")
+        return value
 
     try:
-        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates,
-                         parse_constant=no_constants)
-    except UnicodeDecodeError as e:
-        raise FormatError(f"JSON header is not valid UTF-8: {e}") from None
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants,
+                          parse_float=finite)
     except json.JSONDecodeError as e:
-        raise FormatError(f"JSON header does not parse: {e}") from None
-    if not isinstance(obj, dict):
-        raise FormatError(f"JSON header must be an object, got {type(obj).__name__}")
-    return obj
+        raise FormatError(f"{what} is not valid JSON (it does not parse: {e})") from None
+    except RecursionError:
+        raise FormatError(f"{what} nests too deeply to parse") from None
+    except FormatError:
+        raise
+    except ValueError as e:  # an integer of more digits than int() converts
+        raise FormatError(f"{what} does not parse: {e}") from None
 
 
 def _is_count(x) -> bool:
@@ -147,7 +167,7 @@ def _entry(name: str, desc, data_len: int) -> Entry:
     if not isinstance(desc, dict):
         raise FormatError(f"tensor {name!r}: header entry must be an object")
     dtype, shape, offs = desc.get("dtype"), desc.get("shape"), desc.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise FormatError(f"tensor {name!r}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise FormatError(f"tensor {name!r}: shape must be a list of non-negative "
@@ -160,11 +180,26 @@ def _entry(name: str, desc, data_len: int) -> Entry:
     if end > data_len:
         raise FormatError(f"tensor {name!r}: data_offsets [{begin}, {end}] run past the "
                           f"data section of {data_len} bytes (truncated?)")
-    nbytes = math.prod(shape) * DTYPES[dtype][1]
-    if end - begin != nbytes:
-        raise FormatError(f"tensor {name!r}: {dtype} {shape} needs {nbytes} bytes but its "
+    nbytes = _nbytes(shape, DTYPES[dtype][1], end - begin)
+    if nbytes != end - begin:
+        needs = f"more than {end - begin}" if nbytes is None else f"{nbytes}"
+        shown = shape if len(shape) <= 8 else f"[{len(shape)} dimensions]"
+        raise FormatError(f"tensor {name!r}: {dtype} {shown} needs {needs} bytes but its "
                           f"data_offsets span {end - begin}")
     return Entry(name, dtype, tuple(shape), begin, end)
+
+
+def _nbytes(shape: list, itemsize: int, limit: int):
+    """Bytes of a tensor, or None once they pass `limit`: a header may declare a
+    shape whose product has millions of digits, never worth computing."""
+    if 0 in shape:
+        return 0
+    n = itemsize
+    for d in shape:
+        n *= d
+        if n > limit:
+            return None
+    return n
 
 
 def _check_tiling(entries, data_len: int) -> None:

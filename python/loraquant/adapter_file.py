@@ -281,10 +281,7 @@ def _check_format(meta: dict) -> None:
 def _json_field(meta: dict, key: str, kind: type):
     if key not in meta:
         raise FormatError(f"metadata has no {key!r}")
-    try:
-        value = json.loads(meta[key])
-    except json.JSONDecodeError as e:
-        raise FormatError(f"metadata {key!r} is not valid JSON: {e}") from None
+    value = st.parse_json(meta[key], f"metadata {key!r}")
     if not isinstance(value, kind):
         raise FormatError(f"metadata {key!r} must be a JSON {kind.__name__}, "
                           f"got {type(value).__name__}")
@@ -306,7 +303,7 @@ def _module_entry(i: int, e) -> dict:
             raise FormatError(f"module {name!r}: {key} must be a non-negative integer, "
                               f"got {e.get(key)!r}")
     s = e.get("scaling")
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not _finite(s):
         raise FormatError(f"module {name!r}: scaling must be a finite number, got {s!r}")
     w = e.get("widths")
     if (not isinstance(w, list) or len(w) != e["r"]
@@ -315,6 +312,13 @@ def _module_entry(i: int, e) -> dict:
         raise FormatError(f"module {name!r}: widths must be {e['r']} pairs "
                           f"[b_width, a_width] of integers in 0..8, got {w!r}")
     return e
+
+
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer beyond the float range
+        return False
 
 
 def _check_names(entries: dict, modules: list, extras: list) -> None:
@@ -356,7 +360,13 @@ def _module(m: dict, entries: dict, data: memoryview) -> QuantizedLoRA:
     if declared != actual:
         raise FormatError(f"module {name!r}: its entry says (shape, r, group_size, widths) = "
                           f"{declared} but its blob header says {actual}")
-    q.singular_values = np.frombuffer(data[sigma.begin:sigma.end], dtype="<f4").astype(np.float64)
+    sv = np.frombuffer(data[sigma.begin:sigma.end], dtype="<f4")
+    with np.errstate(invalid="ignore"):  # a signalling NaN warns in comparisons
+        bad = int(np.count_nonzero(~(np.isfinite(sv) & (sv >= 0))))
+    if bad:
+        raise FormatError(f"module {name!r}: sigma holds {bad} values that are not finite "
+                          f"and non-negative")
+    q.singular_values = sv.astype(np.float64)
     return q
 
 
@@ -365,6 +375,10 @@ def _torch_tensor(entry: st.Entry, data: memoryview):
 
     dtype = getattr(torch, st.DTYPES[entry.dtype][0])
     if entry.begin == entry.end:
-        return torch.empty(entry.shape, dtype=dtype)
+        try:
+            return torch.empty(entry.shape, dtype=dtype)
+        except (RuntimeError, TypeError, ValueError, OverflowError):  # dims beyond int64
+            raise FormatError(f"extra {entry.name!r}: an empty tensor of shape "
+                              f"{list(entry.shape)[:8]} cannot be made") from None
     raw = torch.frombuffer(bytearray(data[entry.begin:entry.end]), dtype=torch.uint8)
     return raw.view(dtype).reshape(entry.shape)

@@ -165,7 +165,8 @@ LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
  *
  * Tensors (all offsets inside the data section):
  *   "lq.<name>.blob"   U8  [bytes]  the module blob: lq_blob_header + payload
- *   "lq.<name>.sigma"  F32 [r]      singular values of s B A (for inspect, not served)
+ *   "lq.<name>.sigma"  F32 [r]      singular values of s B A, finite and >= 0 (for inspect,
+ *                                   not served)
  *   "<extra name>"     any dtype    an extra tensor, unchanged (never starts "lq.")
  * Every tensor of the file is one of these. As safetensors requires, the tensors tile
  * the data section: sorted by offset, each begins where the one before ends, the

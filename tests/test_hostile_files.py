@@ -1,0 +1,177 @@
+"""Hostile adapter files: what the fuzzers found (one regression each), and declared
+sizes that must never be allocated."""
+import json
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+
+import loraquant
+from loraquant import FormatError
+from _hostile import NAMES, adapter_bytes, blob_edit, join, rewrite, split
+
+# Before its fix, the 200,000-dimension shape below took minutes (the product of its
+# dimensions has millions of digits); a check of the sizes takes milliseconds.
+HANG_SECONDS = 10
+# Peak Python allocation while a hostile file is rejected: the file is a few KiB,
+# reading it whole is allowed, anything near a declared size is not.
+PEAK_BYTES = 4 << 20
+# Address space a subprocess may add while it loads every hostile file.
+ADDRESS_SPACE_SLACK = 512 << 20
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory):
+    return adapter_bytes(tmp_path_factory.mktemp("seed"))
+
+
+def _set_meta(key, text):
+    def edit(head):
+        head["__metadata__"][key] = text
+    return edit
+
+
+def _nan_sigma(head, rest):
+    begin, _ = head[f"lq.{NAMES[1]}.sigma"]["data_offsets"]
+    rest[begin:begin + 4] = struct.pack("<f", float("nan"))
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+#: what each fuzzer finding did before its fix, and the error it gets now
+REGRESSIONS = {
+    "header nested 100000 deep (RecursionError)": (
+        lambda d: join(DEEP.encode(), b""), "JSON header nests too deeply"),
+    "metadata modules nested 100000 deep (RecursionError)": (
+        lambda d: rewrite(d, header=_set_meta("modules", DEEP)), "'modules' nests too deeply"),
+    "5000-digit integer (ValueError of int())": (
+        lambda d: join(b'{"a": ' + b"9" * 5000 + b"}", b""), "JSON header does not parse"),
+    "200000 dimensions of 2^60 (minutes of big-integer products)": (
+        lambda d: rewrite(d, header=lambda h: h["w"].update(shape=[2 ** 60] * 200_000)),
+        "needs more than 24 bytes"),
+    "scaling 10^400 (OverflowError)": (
+        lambda d: rewrite(d, meta=("modules", lambda ms: ms[0].update(scaling=10 ** 400))),
+        "scaling must be a finite number"),
+    "dtype a list (TypeError: unhashable)": (
+        lambda d: rewrite(d, header=lambda h: h["w"].update(dtype=[])), "unknown dtype"),
+    "1e999 in peft_config (accepted, then unsavable)": (
+        lambda d: rewrite(d, header=_set_meta("peft_config", '{"r": 1e999}')),
+        "beyond the range of a float"),
+    "NaN singular value (RuntimeWarning in the cast)": (
+        lambda d: rewrite(d, body=_nan_sigma), "sigma holds 1 values that are not finite"),
+    "empty extra of shape [0, 2^64] (TypeError from torch)": (
+        lambda d: rewrite(d, header=lambda h: h["empty"].update(shape=[0, 2 ** 64])),
+        "an empty tensor of shape .* cannot be made"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REGRESSIONS))
+def test_fuzzer_finding_is_a_format_error(tmp_path, seed, case):
+    make, match = REGRESSIONS[case]
+    path = tmp_path / "bad.lqa"
+    path.write_bytes(make(seed))
+    start = time.monotonic()
+    with pytest.raises(FormatError, match=match) as info:
+        loraquant.load(path)
+    assert time.monotonic() - start < HANG_SECONDS
+    assert str(info.value).startswith(f"{path}: ")
+
+
+# --- declared sizes ---------------------------------------------------------------
+
+HUGE = [2 ** 31, 2 ** 32 - 1, 2 ** 60, 2 ** 63, 2 ** 64 - 1]
+
+
+def _offsets(name, v):
+    def edit(head):
+        begin = head[name]["data_offsets"][0]
+        head[name].update(shape=[v], data_offsets=[begin, begin + v])
+    return edit
+
+
+def _field(key, v):
+    return ("modules", lambda ms: ms[0].update({key: v}))
+
+
+def _hostile_files(seed):
+    """(what, bytes) of files that declare a huge size in every place a size lives."""
+    blob = f"lq.{NAMES[0]}.blob"
+    for v in HUGE:
+        yield f"JSON length {v}", struct.pack("<Q", v) + seed[8:]
+        yield f"blob of {v} bytes", rewrite(seed, header=_offsets(blob, v))
+        yield f"extra of {v} float32", rewrite(seed, header=lambda h, v=v: h["w"].update(shape=[v]))
+        for key in ("m", "n", "r", "group_size"):
+            yield f"module {key} = {v}", rewrite(seed, meta=_field(key, v))
+        v32 = struct.pack("<I", min(v, 2 ** 32 - 1))
+        for key, at in (("m", 8), ("n", 12), ("r", 16), ("group_size", 20)):
+            yield f"blob header {key} = {v}", rewrite(seed, body=blob_edit(NAMES[0], at, v32))
+        yield f"blob payload_bytes = {v}", rewrite(
+            seed, body=blob_edit(NAMES[0], 32, struct.pack("<Q", v)))
+
+
+def test_huge_declared_sizes_are_refused_without_allocating(tmp_path, seed):
+    files = list(_hostile_files(seed))
+    assert len(files) == len(HUGE) * 12
+    for what, data in files:
+        path = tmp_path / "huge.lqa"
+        path.write_bytes(data)
+        tracemalloc.start()
+        try:
+            with pytest.raises(FormatError):
+                loraquant.load(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < PEAK_BYTES, f"{what}: peak {peak} bytes"
+
+
+LOAD_UNDER_LIMIT = """
+import resource, sys, torch, loraquant
+vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]), vm + int(sys.argv[1])))
+for path in sys.argv[2:]:
+    try:
+        loraquant.load(path)
+        print("loaded")
+    except loraquant.FormatError:
+        print("FormatError")
+"""
+
+
+def test_huge_declared_sizes_stay_within_an_address_space_limit(tmp_path, seed):
+    """The C++ side allocates outside tracemalloc's view: a hard limit on the address
+    space turns any large allocation into a MemoryError, which fails this test."""
+    paths = []
+    for k, (_, data) in enumerate(_hostile_files(seed)):
+        paths.append(tmp_path / f"h{k}.lqa")
+        paths[-1].write_bytes(data)
+    res = subprocess.run([sys.executable, "-c", LOAD_UNDER_LIMIT, str(ADDRESS_SPACE_SLACK),
+                          *map(str, paths)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["FormatError"] * len(paths)
+
+
+def test_a_tiny_file_declaring_the_largest_module_loads_without_allocating(tmp_path):
+    """m = n = 2^24 and r = 4096, every component dropped: valid, 16 KiB packed."""
+    payload = bytes(4 * 4096) + struct.pack("<f", 1.0)
+    head = b"LQM1" + struct.pack("<HHIIIIIIQ", 1, 48, 1 << 24, 1 << 24, 4096, 128, 0, 0,
+                                 len(payload))
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    q = loraquant.QuantizedLoRA.from_bytes(head + struct.pack("<II", crc, 0) + payload)
+    q.singular_values = np.zeros(4096)  # else save() would take them from the dense update
+    path = tmp_path / "wide.lqa"
+    loraquant.save(path, {"m": q})
+    tracemalloc.start()
+    try:
+        back = loraquant.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert back["m"].shape == (1 << 24, 1 << 24) and back["m"].rank == 4096
+    assert peak < PEAK_BYTES
+    assert np.all(back["m"].singular_values == 0)
