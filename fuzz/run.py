@@ -50,10 +50,9 @@ def configure_args(build_dir: Path, clang: bool) -> list[str]:
 
 
 def build(build_dir: Path = BUILD, clang: bool = True, jobs: int = 2) -> Path:
-    """Configure (first time) and build; returns the folder of the fuzz executables."""
-    if not (build_dir / "CMakeCache.txt").exists():
-        subprocess.run(configure_args(build_dir, clang), check=True, timeout=BUILD_TIMEOUT,
-                       stdout=subprocess.DEVNULL)
+    """Configure and build (only what changed); returns the folder of the fuzz executables."""
+    subprocess.run(configure_args(build_dir, clang), check=True, timeout=BUILD_TIMEOUT,
+                   stdout=subprocess.DEVNULL)
     subprocess.run(["cmake", "--build", str(build_dir), "-j", str(jobs)], check=True,
                    timeout=BUILD_TIMEOUT, stdout=subprocess.DEVNULL)
     return build_dir / "fuzz"

@@ -68,3 +68,13 @@ def blob_edit(name: str, offset: int, raw: bytes):
         blob[offset:offset + len(raw)] = raw
         rest[begin:end] = fix_blob_crc(bytes(blob))
     return edit
+
+
+def fuzz_runner():
+    """fuzz/run.py as a module: building and running the fuzz targets."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lq_fuzz_run", ROOT / "fuzz" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
