@@ -156,16 +156,23 @@ def test_huge_declared_sizes_stay_within_an_address_space_limit(tmp_path, seed):
     assert res.stdout.split() == ["FormatError"] * len(paths)
 
 
-def test_a_tiny_file_declaring_the_largest_module_loads_without_allocating(tmp_path):
-    """m = n = 2^24 and r = 4096, every component dropped: valid, 16 KiB packed."""
+@pytest.fixture(scope="module")
+def widest(tmp_path_factory):
+    """A file of one module with m = n = 2^24 and r = 4096, every component dropped:
+    valid and 16 KiB, but its dense factors would take 512 GiB."""
     payload = bytes(4 * 4096) + struct.pack("<f", 1.0)
     head = b"LQM1" + struct.pack("<HHIIIIIIQ", 1, 48, 1 << 24, 1 << 24, 4096, 128, 0, 0,
                                  len(payload))
     crc = zlib.crc32(payload, zlib.crc32(head))
     q = loraquant.QuantizedLoRA.from_bytes(head + struct.pack("<II", crc, 0) + payload)
     q.singular_values = np.zeros(4096)  # else save() would take them from the dense update
-    path = tmp_path / "wide.lqa"
+    path = tmp_path_factory.mktemp("widest") / "wide.lqa"
     loraquant.save(path, {"m": q})
+    return path
+
+
+def test_a_tiny_file_declaring_the_largest_module_loads_without_allocating(widest):
+    path = widest
     tracemalloc.start()
     try:
         back = loraquant.load(path)
@@ -175,3 +182,25 @@ def test_a_tiny_file_declaring_the_largest_module_loads_without_allocating(tmp_p
     assert back["m"].shape == (1 << 24, 1 << 24) and back["m"].rank == 4096
     assert peak < PEAK_BYTES
     assert np.all(back["m"].singular_values == 0)
+
+
+CLI_UNDER_LIMIT = """
+import resource, sys
+from loraquant import cli
+vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]), vm + int(sys.argv[1])))
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("command", [["inspect", "--probe"], ["export"]])
+def test_cli_on_a_file_too_large_to_decode_is_one_line(widest, tmp_path, command):
+    """Decoding the widest module needs its dense factors: out of memory, said in one
+    line (the address-space limit makes the failure certain on any machine)."""
+    argv = [command[0], str(widest)] + command[1:] + ([str(tmp_path / "out")] if
+                                                      command[0] == "export" else [])
+    res = subprocess.run([sys.executable, "-c", CLI_UNDER_LIMIT, str(ADDRESS_SPACE_SLACK),
+                          *argv], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    assert res.stderr.strip().startswith(f"loraquant {command[0]}: error: out of memory")
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ from . import _core
 from . import _validate as V
 
 MAX_GROUP = 1 << 20
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,8 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
         raise ValueError(f"balance must be 'relative' or 'absolute', got {balance!r}")
     kw = opts.core_kwargs()
     bar = _progress(len(items), progress)
-    workers = threads or min(len(items), os.cpu_count() or 1)
+    workers = (min(len(items), os.cpu_count() or 1) if threads is None
+               else V.integer(threads, "threads", 1, MAX_THREADS))
 
     def stage1(item):
         name, a, b, s = item

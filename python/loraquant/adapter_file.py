@@ -9,11 +9,13 @@ the problem otherwise. Nothing is ever unpickled.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import re
 import secrets
+import stat
 import zlib
 from collections.abc import Mapping
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from . import _core
 from . import _safetensors_file as st
+from . import _validate as V
 from ._api import QuantizedLoRA
 from ._core import FormatError
 
@@ -63,6 +66,10 @@ class CompressedAdapter(Mapping):
             if not isinstance(q, QuantizedLoRA):
                 raise TypeError(f"module {name!r}: expected a QuantizedLoRA, "
                                 f"got {type(q).__name__}")
+        for what, value in (("peft_config", peft_config), ("extras", extras),
+                            ("scalings", scalings)):
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(f"{what} must be a mapping, got {type(value).__name__}")
         self._modules = dict(modules)
         self.peft_config = {} if peft_config is None else dict(peft_config)
         self.extras = {} if extras is None else dict(extras)
@@ -70,7 +77,8 @@ class CompressedAdapter(Mapping):
         unknown = sorted(set(scalings) - set(self._modules))
         if unknown:
             raise ValueError(f"scalings name modules the adapter does not have: {unknown}")
-        self.scalings = {name: float(scalings.get(name, 1.0)) for name in self._modules}
+        self.scalings = {name: V.finite(scalings.get(name, 1.0), f"scaling of {name!r}")
+                         for name in self._modules}
 
     def __getitem__(self, name: str) -> QuantizedLoRA:
         return self._modules[name]
@@ -232,12 +240,31 @@ def load(path) -> CompressedAdapter:
     """Read a file written by save(). Raises FormatError naming what is wrong if the
     file is not a valid loraquant adapter (and OSError if it cannot be read)."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with _open_regular_file(path) as f:
         size = os.fstat(f.fileno()).st_size
         try:
             return _read(f, size)
         except FormatError as e:
             raise FormatError(f"{path}: {e}") from None
+
+
+def _open_regular_file(path: str):
+    """open(path, "rb") that never blocks: a FIFO or a device named as the file would
+    block the open or the read forever, so anything but a regular file is refused."""
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not stat.S_ISREG(mode):
+            raise FormatError(f"{path}: not a regular file (a pipe or a device?)")
+        if nonblock:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _read(f, size: int) -> CompressedAdapter:

@@ -6,8 +6,8 @@
 
 Each subcommand is an `add_<name>(subparsers)` function that registers its parser and
 its `run` function; to add one, write another and list it in SUBCOMMANDS. Errors of
-the library (ValueError, FormatError, TypeError, OSError, a missing optional
-dependency) become one line on stderr and exit status 1, never a traceback.
+the library (ValueError, FormatError, TypeError, OSError, MemoryError, a missing
+optional dependency) become one line on stderr and exit status 1, never a traceback.
 """
 from __future__ import annotations
 
@@ -212,6 +212,9 @@ def main(argv=None) -> int:
         return args.run(args)
     except (FormatError, ValueError, TypeError, OSError) as e:
         print(f"loraquant {args.command}: error: {_one_line(e)}", file=sys.stderr)
+    except MemoryError as e:  # a file may declare an update too large to decode here
+        print(f"loraquant {args.command}: error: out of memory ({_one_line(e)})",
+              file=sys.stderr)
     except ImportError as e:
         print(f"loraquant {args.command}: error: a dependency is missing ({_one_line(e)}); "
               f"install loraquant[hf]", file=sys.stderr)
