@@ -39,7 +39,7 @@ if(LORAQUANT_WITH_CUDA)
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
 
-  add_library(loraquant_cuda STATIC cuda/gemv.cu cuda/mma.cu cuda/launch.cu)
+  add_library(loraquant_cuda STATIC cuda/shrink.cu cuda/expand.cu cuda/mma.cu cuda/launch.cu)
   add_library(loraquant::loraquant_cuda ALIAS loraquant_cuda)
   target_include_directories(loraquant_cuda PUBLIC
     $<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}/include>

@@ -23,9 +23,20 @@ struct Args {
 };
 
 // CUDA-core path: `units` tokens (per-token mode) or segments, in tiles of `tile`
-// tokens (1 or 8) with `tiles` tiles per unit. Shrink, then expand, on `stream`.
+// tokens (1 or kCoresTile) with `tiles` tiles per unit (shrink.cu, expand.cu).
 template <typename T>
-void run_cores(const Args<T>& a, uint32_t units, uint32_t tile, uint32_t tiles, cudaStream_t stream);
+void launch_shrink_cores(const Args<T>& a, uint32_t units, uint32_t tile, uint32_t tiles,
+                         cudaStream_t stream);
+template <typename T>
+void launch_expand_cores(const Args<T>& a, uint32_t units, uint32_t tile, uint32_t tiles,
+                         cudaStream_t stream);
+
+// Shrink, then expand, on `stream`.
+template <typename T>
+void run_cores(const Args<T>& a, uint32_t units, uint32_t tile, uint32_t tiles, cudaStream_t stream) {
+  launch_shrink_cores(a, units, tile, tiles, stream);
+  launch_expand_cores(a, units, tile, tiles, stream);
+}
 
 // Tensor-core path (T = __half or __nv_bfloat16): segments in tiles of 64 tokens.
 template <typename T>
