@@ -1,9 +1,10 @@
 """CUDA adapter path: kernels against the CPU reference, and the host half everywhere.
 
-Runs anywhere: the build flags, the device registry (descriptors, layout, a host
-emulation of the kernels' indexing), errors without a device, and the ops' fake
-implementations. Needs a GPU (skipped, with the reason, without one): every kernel
-against apply_ref (dequantize, then a double-precision matmul).
+Runs anywhere: the build flags, the device registry (descriptors, layout), the
+kernels' own source run by the host emulation (cpp/cuda/emu/simt.h) against apply_ref,
+errors without a device, and the ops' fake implementations. Needs a GPU (skipped, with
+the reason, without one): every kernel on the device against apply_ref (dequantize,
+then a double-precision matmul).
 """
 import os
 import shutil
@@ -21,8 +22,7 @@ except ImportError:
 
 # The kernels decode bit-identical weights (lq_cuda_entry mirrors decode_vector); what
 # differs is the order and precision of the sums, against max|ref| + max|y before|:
-HOST_TOL = 1e-5   # host emulation: fp32 sums over slices of n, up to 9000 terms
-F32_TOL = 1e-4    # fp32 kernels: fp32 sums split over warps and slices, n <= 1000
+F32_TOL = 1e-4    # fp32 kernels: fp32 sums split over warps and slices, n <= 9000
 F16_TOL = 1e-2    # fp16: y rounds to fp16 (2^-11); tensor cores also round weights and t to fp16
 BF16_TOL = 6e-2   # bf16: as fp16 with an 8-bit significand (2^-8)
 
@@ -165,19 +165,94 @@ def test_registry_rejects_mixed_shapes():
         _core.cuda_registry([a.core, b.core])
 
 
+# ---- the kernels' source on the host emulation: runs everywhere, slowly ------------
+
+NAMES = ("fp32", "fp16", "bf16")
+CODE = {"fp32": 0, "fp16": 1, "bf16": 2}
+TOL = {"fp32": F32_TOL, "fp16": F16_TOL, "bf16": BF16_TOL}
+
+
+def rounded(name, a):
+    """float32 values as the kernels see them in `name` (round to nearest even)."""
+    a = np.ascontiguousarray(a, np.float32)
+    if name == "fp16":
+        return a.astype(np.float16).astype(np.float32)
+    if name == "bf16":
+        u = a.view(np.uint32).astype(np.uint64)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+        return u.astype(np.uint32).view(np.float32)
+    return a
+
+
+def check(name, before, after, ref, active):
+    """Rows in `active` must hold before + ref (no NaN); the others stay NaN."""
+    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    got = after - before
+    assert active.any() and np.abs(ref[active]).max() > 0
+    assert not np.isnan(got[active]).any(), "NaN left where a result is expected"
+    assert np.isnan(after[~active]).all(), "a row without an adapter changed"
+    scale = np.abs(ref[active]).max() + np.abs(before[active]).max()
+    err = np.abs(got[active] - ref[active]).max()
+    assert err <= TOL[name] * scale, f"{name}: max error {err:.3g} > {TOL[name]} x {scale:.3g}"
+
+
+def host_inputs(rng, tokens, n, m, name, active):
+    """x rounded to the dtype; y exact in every dtype (quarters), NaN in inactive rows."""
+    x = rounded(name, rng.standard_normal((tokens, n)))
+    y = (rng.integers(-8, 9, size=(tokens, m)) / 4).astype(np.float32)
+    y[~active] = np.nan
+    return x, y
+
+
+@pytest.mark.parametrize("m,n", SHAPES)
+@pytest.mark.parametrize("r", [1, 3, 16, 64])
+def test_emulated_apply_one(m, n, r):
+    name = NAMES[(m + n + r) % 3]
+    rng = np.random.default_rng(m + 31 * n + 977 * r)
+    qs = [make_q(rng, m, n, 3, 1), make_q(rng, m, n, r, r)]
+    tokens = 9  # one full tile of 8 tokens and one of 1
+    active = np.ones(tokens, bool)
+    x, y = host_inputs(rng, tokens, n, m, name, active)
+    out = _core.cuda_emulate_apply_one([q.core for q in qs], 1, x, y, CODE[name])
+    check(name, y, out, qs[1].core.apply(x, True), active)
+
+
 @pytest.mark.parametrize("m,n,count", [(129, 1000, 37), (3, 9000, 5)])
-def test_bgmv_host_emulation(m, n, count):
-    """The kernels' slices of n, workspace indices and idx handling, emulated on the host."""
+def test_emulated_bgmv(m, n, count):
     rng = np.random.default_rng(count)
-    qs = [make_q(rng, m, n, (1, 3, 16)[k % 3], k) for k in range(count)]
-    idx = rng.integers(-1, count + 1, size=70).astype(np.int32)  # -1 and `count`: none
+    qs = [make_q(rng, m, n, (1, 3, 16, 64)[k % 4], k) for k in range(count)]
+    tokens = 24
+    idx = rng.integers(-1, count + 1, size=tokens).astype(np.int32)  # -1 and `count`: none
     idx[:3] = (-1, count, 0)
-    x = rng.standard_normal((70, n)).astype(np.float32)
-    y = _core.cuda_bgmv_host([q.core for q in qs], idx, x)
-    ref = ref_rows(qs, idx, x)
-    assert np.abs(ref).max() > 0
-    assert not y[:2].any()
-    assert np.abs(y - ref).max() <= HOST_TOL * np.abs(ref).max()
+    active = (idx >= 0) & (idx < count)
+    for name in NAMES:
+        x, y = host_inputs(rng, tokens, n, m, name, active)
+        out = _core.cuda_emulate_bgmv([q.core for q in qs], idx, x, y, CODE[name])
+        check(name, y, out, ref_rows(qs, idx, x), active)
+
+
+def segments(lengths, adapters, start, tail):
+    """seg_start, and each token's adapter (-1 outside every segment)."""
+    seg_start = np.cumsum([start] + lengths).astype(np.int32)
+    idx = np.full(int(seg_start[-1]) + tail, -1, np.int32)
+    for s, a in enumerate(adapters):
+        idx[seg_start[s]:seg_start[s + 1]] = a
+    return seg_start, idx
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_emulated_sgmv(name):
+    """Short segments on the CUDA-core kernels, 32+ tokens on the tensor-core ones (fp16/bf16)."""
+    m, n = 130, 100
+    rng = np.random.default_rng(11)
+    qs = [make_q(rng, m, n, (64, 3, 16, 1, 70)[k % 5], k) for k in range(6)]
+    lengths, adapters = [1, 5, 31, 32, 70, 7, 33], [0, 1, 2, 4, -1, 5, 3]
+    seg_start, idx = segments(lengths, adapters, 3, 4)
+    active = idx >= 0
+    x, y = host_inputs(rng, len(idx), n, m, name, active)
+    out = _core.cuda_emulate_sgmv([q.core for q in qs], seg_start, np.array(adapters, np.int32),
+                                  max(lengths), x, y, CODE[name])
+    check(name, y, out, ref_rows(qs, idx, x), active)
 
 
 @pytest.mark.skipif(torch is None, reason="torch is not installed")
@@ -218,9 +293,7 @@ def test_apply_hook_falls_back_off_gpu():
 
 # ---- needs a GPU --------------------------------------------------------------------
 
-TOL = {"fp32": F32_TOL, "fp16": F16_TOL, "bf16": BF16_TOL}
 TORCH_DT = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-CODE = {"fp32": 0, "fp16": 1, "bf16": 2}
 
 
 def _dt(name):
@@ -238,23 +311,13 @@ def _run_raw(launch, reg, x, y, *args):
 
 
 def _check(name, y_before, y_after, ref, active):
-    """Rows in `active` must hold y_before + ref; the others must be untouched (NaN)."""
-    tol = TOL[name]
-    before, after = y_before.double().cpu().numpy(), y_after.double().cpu().numpy()
-    got = after - before
-    assert not np.isnan(got[active]).any(), "NaN left where a result is expected"
-    assert np.isnan(after[~active]).all(), "a row without an adapter changed"
-    assert np.abs(ref[active]).max() > 0
-    scale = np.abs(ref[active]).max() + np.abs(before[active]).max()
-    err = np.abs(got[active] - ref[active]).max()
-    assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol} x {scale:.3g}"
+    check(name, y_before.double().cpu().numpy(), y_after.double().cpu().numpy(), ref, active)
 
 
 def _inputs(rng, tokens, n, m, name, active):
-    x = torch.from_numpy(rng.standard_normal((tokens, n)).astype(np.float32)).to(_dt(name)).cuda()
-    y = torch.randn(tokens, m, device="cuda").to(_dt(name))
-    y[torch.from_numpy(~active).cuda()] = float("nan")  # rows that must stay untouched
-    return x, y, x.float().cpu().numpy()
+    """host_inputs on the GPU (exact in the dtype), and x as the reference sees it."""
+    x, y = host_inputs(rng, tokens, n, m, name, active)
+    return torch.from_numpy(x).to(_dt(name)).cuda(), torch.from_numpy(y).to(_dt(name)).cuda(), x
 
 
 GPU_SHAPES = [(1, 3), (3, 1), (127, 129), (129, 127), (1000, 3), (3, 1000), (1000, 1000), (129, 1000)]
@@ -306,12 +369,8 @@ def test_sgmv_segments(name):
     reg = cuda_ops.DeviceRegistry(qs)
     lengths = [1, 5, 31, 32, 64, 100, 7, 250, 33]
     adapters = [0, 1, 2, 3, 4, -1, 5, 8, 7]
-    start = 3  # tokens 0..2 and the last 4 belong to no segment
-    seg_start = np.cumsum([start] + lengths).astype(np.int32)
-    tokens = int(seg_start[-1]) + 4
-    idx = np.full(tokens, -1, np.int32)
-    for s, a in enumerate(adapters):
-        idx[seg_start[s]:seg_start[s + 1]] = a
+    seg_start, idx = segments(lengths, adapters, 3, 4)  # tokens 0..2 and the last 4: none
+    tokens = len(idx)
     active = idx >= 0
     x, y, x32 = _inputs(rng, tokens, n, m, name, active)
     before = y.clone()

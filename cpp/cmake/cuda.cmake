@@ -2,12 +2,16 @@
 # AUTO (the default) and CMake finds a CUDA compiler. Included by cpp/CMakeLists.txt after
 # the core target and before build_config.h is generated.
 #
-# The host half of the device registry (cuda/registry.cpp) is plain C++ and always part
-# of the core, so its indexing is tested on machines without CUDA. The runtime is linked
+# The host half of the device registry (cuda/registry.cpp) and the host emulation of the
+# kernels (cuda/emulate.cpp) are plain C++ and always part of the core, so CI tests the
+# kernels' logic on machines without a GPU. The runtime is linked
 # statically: importing loraquant._core needs no libcudart.so, and without a driver
 # cuda_device_count() answers 0.
 
-target_sources(loraquant PRIVATE cuda/registry.cpp)
+target_sources(loraquant PRIVATE cuda/registry.cpp cuda/emulate.cpp)
+if(NOT MSVC)  # the kernels' `#pragma unroll` means nothing to a host compiler
+  set_source_files_properties(cuda/emulate.cpp PROPERTIES COMPILE_OPTIONS -Wno-unknown-pragmas)
+endif()
 
 set(LORAQUANT_WITH_CUDA OFF)
 set(LORAQUANT_CUDA_COMPILER_FOUND "")

@@ -1,16 +1,36 @@
 // Device helpers shared by the loraquant kernels: element types, reductions, and the
 // mapping from a block to the tokens it serves and their adapter.
+//
+// The kernel files also compile as host C++ under LQ_EMULATE (emu/simt.h, emulate.cpp):
+// then LQ_KERNEL_NS names their namespace, and the few CUDA spellings below that plain
+// C++ lacks (launch syntax, dynamic shared memory) come from macros.
 #pragma once
 
+#include <stdint.h>
+
+#ifndef LQ_EMULATE
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <stdint.h>
+#endif
 
 #include "loraquant/cuda_desc.h"
 
+#ifndef LQ_KERNEL_NS
+#define LQ_KERNEL_NS detail  // loraquant::cuda::detail: the kernels the GPU runs
+#endif
+
+#ifdef LQ_EMULATE
+#define LQ_LAUNCH(grid, block, smem, stream, ...) \
+  (void)(stream), ::lq_emu::Launch(__VA_ARGS__, grid, block, smem)
+#define LQ_DYNAMIC_SHARED(type, name) type* name = ::lq_emu::dynamic_shared<type>()
+#else
+#define LQ_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define LQ_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 namespace loraquant {
 namespace cuda {
-namespace detail {
+namespace LQ_KERNEL_NS {
 
 constexpr int kWarps = 4;             // warps per block of every kernel
 constexpr int kThreads = 32 * kWarps;
@@ -97,6 +117,6 @@ __device__ __forceinline__ float gather_t(const float* part, uint32_t splits, ui
   return s;
 }
 
-}  // namespace detail
+}  // namespace LQ_KERNEL_NS
 }  // namespace cuda
 }  // namespace loraquant

@@ -7,7 +7,7 @@
 
 namespace loraquant {
 namespace cuda {
-namespace detail {
+namespace LQ_KERNEL_NS {
 
 namespace {
 
@@ -15,7 +15,7 @@ namespace {
 // grid: x = unit, y = tile, z = chunk of m. Shared memory: t[TT][live], fp32.
 template <typename T, int TT>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) expand_cores(Args<T> a) {
-  extern __shared__ float t_s[];
+  LQ_DYNAMIC_SHARED(float, t_s);
   int32_t adapter;
   uint32_t tok0, cnt;
   if (!resolve(a.map, a.reg, blockIdx.x, blockIdx.y, TT, &adapter, &tok0, &cnt)) return;
@@ -71,9 +71,9 @@ void launch_expand_cores(const Args<T>& a, uint32_t units, uint32_t tile, uint32
   const dim3 grid(units, tiles, (a.m + kExpandBlock - 1) / kExpandBlock);
   const size_t smem = sizeof(float) * tile * a.reg.max_live;
   if (tile == 1)
-    expand_cores<T, 1><<<grid, kThreads, smem, stream>>>(a);
+    LQ_LAUNCH(grid, kThreads, smem, stream, expand_cores<T, 1>)(a);
   else
-    expand_cores<T, kCoresTile><<<grid, kThreads, smem, stream>>>(a);
+    LQ_LAUNCH(grid, kThreads, smem, stream, expand_cores<T, kCoresTile>)(a);
 }
 
 // The whitelist: fp32, fp16 and bf16 activations, 1 or 8 tokens per block.
@@ -82,6 +82,6 @@ template void launch_expand_cores<__half>(const Args<__half>&, uint32_t, uint32_
 template void launch_expand_cores<__nv_bfloat16>(const Args<__nv_bfloat16>&, uint32_t, uint32_t,
                                                  uint32_t, cudaStream_t);
 
-}  // namespace detail
+}  // namespace LQ_KERNEL_NS
 }  // namespace cuda
 }  // namespace loraquant

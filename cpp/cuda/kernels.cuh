@@ -1,13 +1,15 @@
 // What launch.cu needs of the kernel files: the argument block and the two paths.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include "common.cuh"
+
+#ifndef LQ_EMULATE
+#include <cuda_runtime.h>
+#endif
 
 namespace loraquant {
 namespace cuda {
-namespace detail {
+namespace LQ_KERNEL_NS {
 
 // Arguments of every shrink and expand kernel, passed by value.
 template <typename T>
@@ -48,6 +50,6 @@ constexpr uint32_t kExpandLane = 8;   // outputs per lane in the CUDA-core expan
 constexpr uint32_t kExpandBlock = kExpandLane * 32 * kWarps;  // outputs per block: 1024
 constexpr uint32_t kMmaCols = 64;     // outputs per tensor-core expand block
 
-}  // namespace detail
+}  // namespace LQ_KERNEL_NS
 }  // namespace cuda
 }  // namespace loraquant

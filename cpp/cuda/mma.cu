@@ -1,13 +1,15 @@
 // Tensor-core path for long segments (prefill): decode a tile of A_hat or B_hat into
 // shared memory as fp16/bf16, then 16x16x16 WMMA products with fp32 accumulators.
 // Each block serves 64 tokens of one segment, so every decoded code is used 64 times.
-#include <mma.h>
-
 #include "kernels.cuh"
+
+#ifndef LQ_EMULATE
+#include <mma.h>
+#endif
 
 namespace loraquant {
 namespace cuda {
-namespace detail {
+namespace LQ_KERNEL_NS {
 
 namespace {
 
@@ -179,15 +181,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) expand_mma(Args<T> a) {
 
 template <typename T>
 void run_mma(const Args<T>& a, uint32_t units, uint32_t tiles, cudaStream_t stream) {
-  shrink_mma<T><<<dim3(units, tiles, a.splits), kThreads, 0, stream>>>(a);
+  LQ_LAUNCH(dim3(units, tiles, a.splits), kThreads, 0, stream, shrink_mma<T>)(a);
   const uint32_t chunks = (a.m + kMmaCols - 1) / kMmaCols;
-  expand_mma<T><<<dim3(units, tiles, chunks), kThreads, 0, stream>>>(a);
+  LQ_LAUNCH(dim3(units, tiles, chunks), kThreads, 0, stream, expand_mma<T>)(a);
 }
 
 // The whitelist: tensor cores take fp16 and bf16 operands.
 template void run_mma<__half>(const Args<__half>&, uint32_t, uint32_t, cudaStream_t);
 template void run_mma<__nv_bfloat16>(const Args<__nv_bfloat16>&, uint32_t, uint32_t, cudaStream_t);
 
-}  // namespace detail
+}  // namespace LQ_KERNEL_NS
 }  // namespace cuda
 }  // namespace loraquant

@@ -1,6 +1,5 @@
-// Host side of the device registry (cuda_desc.h): building the buffer from modules,
-// and a plain-loop emulation of the kernels' indexing so that CI, which has no GPU,
-// tests the descriptors, the slices of n and the workspace layout.
+// Host side of the device registry (cuda_desc.h): building the buffer from modules, and
+// decoding through the descriptors so that CI, which has no GPU, tests them.
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
@@ -138,41 +137,6 @@ void decode_host(const RegistryRef& host, uint32_t index, float* A_hat, float* B
         else
           A_hat[(size_t)i * mod->n + j] = e;
       }
-    }
-  }
-}
-
-void bgmv_host(const RegistryRef& host, const int32_t* idx, const float* x, uint32_t tokens,
-               float* y) {
-  const uint32_t n = host.n, m = host.m, splits = lq_cuda_splits(n), len = lq_cuda_split_len(n);
-  std::vector<float> part(workspace_bytes(host, tokens) / sizeof(float));
-  const lq_cuda_module* mods = table<lq_cuda_module>(host, 0);
-  const lq_cuda_comp* comps = table<lq_cuda_comp>(host, host.comps_offset);
-  // Shrink: one partial sum per (slice, token, live component), as the kernels write it.
-  for (uint32_t t = 0; t < tokens; ++t) {
-    if (idx[t] < 0 || (uint32_t)idx[t] >= host.count) continue;
-    const lq_cuda_module* mod = mods + idx[t];
-    for (uint32_t s = 0; s < splits; ++s)
-      for (uint32_t c = 0; c < mod->live; ++c) {
-        const lq_cuda_vec v = lq_cuda_vector(host.data, mod, &comps[mod->comp_begin + c], LQ_CUDA_A);
-        lq_cuda_scale sc{UINT32_MAX, 0.0f, 0.0f};
-        float acc = 0.0f;
-        for (uint32_t j = s * len; j < std::min(n, (s + 1) * len); ++j)
-          acc += x[(size_t)t * n + j] * lq_cuda_entry(&v, j / LQ_CUDA_RUN, j % LQ_CUDA_RUN, &sc);
-        part[lq_cuda_partial(s, tokens, t, host.max_live, c)] = acc;
-      }
-  }
-  // Expand: sum the slices, then y += B_hat t.
-  for (uint32_t t = 0; t < tokens; ++t) {
-    if (idx[t] < 0 || (uint32_t)idx[t] >= host.count) continue;
-    const lq_cuda_module* mod = mods + idx[t];
-    for (uint32_t c = 0; c < mod->live; ++c) {
-      float tc = 0.0f;
-      for (uint32_t s = 0; s < splits; ++s) tc += part[lq_cuda_partial(s, tokens, t, host.max_live, c)];
-      const lq_cuda_vec v = lq_cuda_vector(host.data, mod, &comps[mod->comp_begin + c], LQ_CUDA_B);
-      lq_cuda_scale sc{UINT32_MAX, 0.0f, 0.0f};
-      for (uint32_t j = 0; j < m; ++j)
-        y[(size_t)t * m + j] += tc * lq_cuda_entry(&v, j / LQ_CUDA_RUN, j % LQ_CUDA_RUN, &sc);
     }
   }
 }

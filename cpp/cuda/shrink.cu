@@ -8,7 +8,7 @@
 
 namespace loraquant {
 namespace cuda {
-namespace detail {
+namespace LQ_KERNEL_NS {
 
 namespace {
 
@@ -71,9 +71,9 @@ void launch_shrink_cores(const Args<T>& a, uint32_t units, uint32_t tile, uint32
                          cudaStream_t stream) {
   const dim3 grid(units, tiles, a.splits);
   if (tile == 1)
-    shrink_cores<T, 1><<<grid, kThreads, 0, stream>>>(a);
+    LQ_LAUNCH(grid, kThreads, 0, stream, shrink_cores<T, 1>)(a);
   else
-    shrink_cores<T, kCoresTile><<<grid, kThreads, 0, stream>>>(a);
+    LQ_LAUNCH(grid, kThreads, 0, stream, shrink_cores<T, kCoresTile>)(a);
 }
 
 // The whitelist: fp32, fp16 and bf16 activations, 1 or 8 tokens per block.
@@ -82,6 +82,6 @@ template void launch_shrink_cores<__half>(const Args<__half>&, uint32_t, uint32_
 template void launch_shrink_cores<__nv_bfloat16>(const Args<__nv_bfloat16>&, uint32_t, uint32_t,
                                                  uint32_t, cudaStream_t);
 
-}  // namespace detail
+}  // namespace LQ_KERNEL_NS
 }  // namespace cuda
 }  // namespace loraquant

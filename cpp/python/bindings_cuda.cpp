@@ -54,6 +54,31 @@ lc::DType dtype_of(int d) {
   return static_cast<lc::DType>(d);
 }
 
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+// Shape checks, a registry of `modules`, and a copy of y that `f` updates without the GIL.
+template <typename F>
+py::array_t<float> emulate(const std::vector<const lq::Module*>& modules, const F32& x,
+                           const F32& y, int dtype, F&& f) {
+  lc::Registry reg = registry_of(modules);
+  const lc::RegistryRef ref = reg.ref(reg.bytes().data());
+  if (x.ndim() != 2 || (uint64_t)x.shape(1) != ref.n || y.ndim() != 2 ||
+      y.shape(0) != x.shape(0) || (uint64_t)y.shape(1) != ref.m)
+    throw std::invalid_argument("x must be (tokens, n=" + std::to_string(ref.n) +
+                                ") and y (tokens, m=" + std::to_string(ref.m) + ")");
+  const lc::DType dt = dtype_of(dtype);
+  py::array_t<float> out({y.shape(0), y.shape(1)});
+  std::memcpy(out.mutable_data(), y.data(), sizeof(float) * (size_t)y.size());
+  const float* px = x.data();
+  float* py_ = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    f(ref, px, py_, (uint32_t)x.shape(0), dt);
+  }
+  return out;
+}
+
 // LAUNCH(call): run a launcher without the GIL; in a build without CUDA, raise instead.
 #ifdef LORAQUANT_CUDA_KERNELS
 #define LAUNCH(call)                \
@@ -115,21 +140,41 @@ void bind_cuda(py::module_& m) {
   }, py::arg("modules"), py::arg("index"),
      "Host emulation: (A_hat, B_hat) of module `index` decoded through the descriptors");
 
-  m.def("cuda_bgmv_host", [](const std::vector<const lq::Module*>& modules,
-                             const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& idx,
-                             const py::array_t<float, py::array::c_style | py::array::forcecast>& x) {
-    lc::Registry reg = registry_of(modules);
-    const lc::RegistryRef ref = reg.ref(reg.bytes().data());
-    if (x.ndim() != 2 || (uint64_t)x.shape(1) != ref.n || idx.ndim() != 1 || idx.shape(0) != x.shape(0))
-      throw std::invalid_argument("x must be (tokens, n=" + std::to_string(ref.n) +
-                                  ") and idx (tokens,)");
-    const uint32_t tokens = (uint32_t)x.shape(0);
-    py::array_t<float> y({(py::ssize_t)tokens, (py::ssize_t)ref.m});
-    std::memset(y.mutable_data(), 0, sizeof(float) * tokens * ref.m);
-    lc::bgmv_host(ref, idx.data(), x.data(), tokens, y.mutable_data());
-    return y;
-  }, py::arg("modules"), py::arg("idx"), py::arg("x"),
-     "Host emulation of bgmv's slices and workspace: y = B_hat (A_hat x) per token, 0 for idx -1");
+  // Host emulation of the launchers: x (tokens, n) and y (tokens, m) as float32, a new y
+  // returned. Index arrays are int32 host arrays.
+  m.def("cuda_emulate_apply_one", [](const std::vector<const lq::Module*>& modules, int32_t adapter,
+                                     const F32& x, const F32& y, int dtype) {
+    return emulate(modules, x, y, dtype, [&](const lc::RegistryRef& ref, const float* px, float* py,
+                                             uint32_t tokens, lc::DType dt) {
+      lc::emulate_apply_one(ref, adapter, px, py, tokens, dt);
+    });
+  }, py::arg("modules"), py::arg("adapter"), py::arg("x"), py::arg("y"), py::arg("dtype"));
+
+  m.def("cuda_emulate_bgmv", [](const std::vector<const lq::Module*>& modules, const I32& idx,
+                                const F32& x, const F32& y, int dtype) {
+    if (idx.ndim() != 1 || idx.shape(0) != x.shape(0))
+      throw std::invalid_argument("idx must have one entry per row of x");
+    return emulate(modules, x, y, dtype, [&](const lc::RegistryRef& ref, const float* px, float* py,
+                                             uint32_t tokens, lc::DType dt) {
+      lc::emulate_bgmv(ref, idx.data(), px, py, tokens, dt);
+    });
+  }, py::arg("modules"), py::arg("idx"), py::arg("x"), py::arg("y"), py::arg("dtype"));
+
+  m.def("cuda_emulate_sgmv", [](const std::vector<const lq::Module*>& modules, const I32& seg_start,
+                                const I32& seg_adapter, uint32_t max_seg_len, const F32& x,
+                                const F32& y, int dtype) {
+    if (seg_adapter.ndim() != 1 || seg_start.ndim() != 1 || seg_start.shape(0) != seg_adapter.shape(0) + 1)
+      throw std::invalid_argument("seg_start must have one entry more than seg_adapter");
+    for (py::ssize_t s = 0; s <= seg_adapter.shape(0); ++s)
+      if (seg_start.data()[s] < 0 || seg_start.data()[s] > x.shape(0))
+        throw std::invalid_argument("seg_start entries must lie in [0, tokens]");
+    return emulate(modules, x, y, dtype, [&](const lc::RegistryRef& ref, const float* px, float* py,
+                                             uint32_t tokens, lc::DType dt) {
+      lc::emulate_sgmv(ref, seg_start.data(), seg_adapter.data(), (uint32_t)seg_adapter.shape(0),
+                       max_seg_len, px, py, tokens, dt);
+    });
+  }, py::arg("modules"), py::arg("seg_start"), py::arg("seg_adapter"), py::arg("max_seg_len"),
+     py::arg("x"), py::arg("y"), py::arg("dtype"));
 
   m.def("cuda_workspace_bytes", [](const Info& info, uint32_t tokens) {
     return lc::workspace_bytes(ref_of(0, info), tokens);

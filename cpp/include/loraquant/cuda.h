@@ -62,12 +62,19 @@ class Registry {
   RegistryRef info_;
 };
 
-// Host emulation of the kernels' indexing, for tests without a GPU (host pointers):
-// A_hat (r x n) and B_hat (m x r) of module `index` decoded through the descriptors,
-// and y += B_hat (A_hat x) per token via the same slices and workspace layout as bgmv.
+// Host checks for machines without a GPU; every pointer is a host pointer.
+// decode_host: A_hat (r x n) and B_hat (m x r) of module `index`, through the descriptors.
 void decode_host(const RegistryRef& host, uint32_t index, float* A_hat, float* B_hat);
-void bgmv_host(const RegistryRef& host, const int32_t* idx, const float* x, uint32_t tokens,
-               float* y);
+// emulate_*: the launchers with the kernels' own source run on the CPU (emulate.cpp): x
+// and y are fp32 arrays, rounded to `dtype` on the way in and out; the workspace is
+// internal and NaN-filled. Slow (one OS thread per CUDA thread): for small tests.
+void emulate_apply_one(const RegistryRef& host, int32_t adapter, const float* x, float* y,
+                       uint32_t tokens, DType dtype);
+void emulate_bgmv(const RegistryRef& host, const int32_t* idx, const float* x, float* y,
+                  uint32_t tokens, DType dtype);
+void emulate_sgmv(const RegistryRef& host, const int32_t* seg_start, const int32_t* seg_adapter,
+                  uint32_t segments, uint32_t max_seg_len, const float* x, float* y,
+                  uint32_t tokens, DType dtype);
 
 // Bytes of fp32 workspace a launch over `tokens` tokens needs (0 when tokens is 0).
 size_t workspace_bytes(const RegistryRef& reg, uint32_t tokens);
