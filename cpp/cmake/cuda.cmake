@@ -34,8 +34,10 @@ endif()
 
 if(LORAQUANT_WITH_CUDA)
   # Ampere, Ada, and Hopper with its arch-specific features; PTX of sm_90 for later chips.
-  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+  set(LORAQUANT_CUDA_ARCHS_DEFAULT 0)
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES AND NOT DEFINED ENV{CUDAARCHS})
     set(CMAKE_CUDA_ARCHITECTURES "80-real;89-real;90a-real;90-virtual")
+    set(LORAQUANT_CUDA_ARCHS_DEFAULT 1)
   endif()
   set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
@@ -73,7 +75,8 @@ function(loraquant_cuda_bindings target)
     LORAQUANT_CUDA_BINDINGS=1
     LORAQUANT_CUDA_REQUEST="${LORAQUANT_CUDA}"
     LORAQUANT_CUDA_COMPILER_FOUND="${LORAQUANT_CUDA_COMPILER_FOUND}"
-    LORAQUANT_CUDA_ARCHS="${_lq_cuda_archs}")
+    LORAQUANT_CUDA_ARCHS="${_lq_cuda_archs}"
+    LORAQUANT_CUDA_ARCHS_DEFAULT=$<BOOL:${LORAQUANT_CUDA_ARCHS_DEFAULT}>)
   if(LORAQUANT_WITH_CUDA)
     target_compile_definitions(${target} PRIVATE LORAQUANT_CUDA_KERNELS=1)
     target_link_libraries(${target} PRIVATE loraquant_cuda)

@@ -107,8 +107,10 @@ void bind_cuda(py::module_& m) {
     d["request"] = LORAQUANT_CUDA_REQUEST;
     d["compiler"] = LORAQUANT_CUDA_COMPILER_FOUND;
     d["archs"] = LORAQUANT_CUDA_ARCHS;
+    d["archs_default"] = LORAQUANT_CUDA_ARCHS_DEFAULT != 0;
     return d;
-  }, "How the CUDA part was configured: kernels built, LORAQUANT_CUDA, nvcc found, archs");
+  }, "How the CUDA part was configured: kernels built, LORAQUANT_CUDA, nvcc found, archs "
+     "(and whether they are the project's default)");
 
   m.def("cuda_device_count", [] {
 #ifdef LORAQUANT_CUDA_KERNELS

@@ -81,7 +81,8 @@ typedef struct lq_cuda_scale {
   float step;      /* w >= 2: delta */
 } lq_cuda_scale;
 
-/* Resolve vector `which` (LQ_CUDA_B or LQ_CUDA_A) of a component, via format.h's sizes. */
+/* Resolve vector `which` (LQ_CUDA_B or LQ_CUDA_A) of a component, via format.h's sizes:
+ * once per component and warp, so that decoding an entry touches no descriptor. */
 LQ_HD lq_cuda_vec lq_cuda_vector(const uint8_t* buf, const lq_cuda_module* mod,
                                  const lq_cuda_comp* c, int which) {
   lq_cuda_vec v;
