@@ -291,6 +291,8 @@ def test_apply_hook_falls_back_off_gpu():
     torch.testing.assert_close(cuda_ops.apply(q, x), q.apply(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="CUDA device"):
         cuda_ops.DeviceRegistry([q], device="cpu")
+    with pytest.raises(ValueError, match="x must be a CUDA tensor"):
+        cuda_ops.bgmv(torch.zeros(2, 40), x[0], None, torch.zeros(2))
 
 
 # ---- needs a GPU --------------------------------------------------------------------

@@ -113,6 +113,8 @@ def _check_index(t, name, length, device) -> None:
 
 
 def _launch_env(x, info):
+    """Token count, a workspace and x's current stream; the launch must also run with
+    x's device current (the ops below wrap it in torch.cuda.device)."""
     tokens = x.shape[0]
     ws = torch.empty(max(_core.cuda_workspace_bytes(tuple(info), tokens), 4),
                      dtype=torch.uint8, device=x.device)
@@ -125,9 +127,10 @@ def _launch_env(x, info):
 def _apply_one_add(y: torch.Tensor, x: torch.Tensor, registry: torch.Tensor, info: list[int],
                    adapter: int) -> None:
     code = _check_common(y, x, registry, info)
-    tokens, ws, stream = _launch_env(x, info)
-    _core.cuda_apply_one(registry.data_ptr(), tuple(info), adapter, x.data_ptr(), y.data_ptr(),
-                         tokens, code, ws.data_ptr(), stream)
+    with torch.cuda.device(x.device):
+        tokens, ws, stream = _launch_env(x, info)
+        _core.cuda_apply_one(registry.data_ptr(), tuple(info), adapter, x.data_ptr(), y.data_ptr(),
+                             tokens, code, ws.data_ptr(), stream)
 
 
 @torch.library.custom_op("loraquant::bgmv_add", mutates_args=("y",), device_types="cuda")
@@ -135,9 +138,10 @@ def _bgmv_add(y: torch.Tensor, x: torch.Tensor, registry: torch.Tensor, info: li
               idx: torch.Tensor) -> None:
     code = _check_common(y, x, registry, info)
     _check_index(idx, "idx", x.shape[0], x.device)
-    tokens, ws, stream = _launch_env(x, info)
-    _core.cuda_bgmv(registry.data_ptr(), tuple(info), idx.data_ptr(), x.data_ptr(), y.data_ptr(),
-                    tokens, code, ws.data_ptr(), stream)
+    with torch.cuda.device(x.device):
+        tokens, ws, stream = _launch_env(x, info)
+        _core.cuda_bgmv(registry.data_ptr(), tuple(info), idx.data_ptr(), x.data_ptr(), y.data_ptr(),
+                        tokens, code, ws.data_ptr(), stream)
 
 
 @torch.library.custom_op("loraquant::sgmv_add", mutates_args=("y",), device_types="cuda")
@@ -148,10 +152,11 @@ def _sgmv_add(y: torch.Tensor, x: torch.Tensor, registry: torch.Tensor, info: li
     _check_index(seg_adapter, "seg_adapter", segments, x.device)
     _check_index(seg_start, "seg_start", segments + 1, x.device)
     _need(max_seg_len >= 0, f"max_seg_len must be >= 0, got {max_seg_len}")
-    tokens, ws, stream = _launch_env(x, info)
-    _core.cuda_sgmv(registry.data_ptr(), tuple(info), seg_start.data_ptr(), seg_adapter.data_ptr(),
-                    segments, max_seg_len, x.data_ptr(), y.data_ptr(), tokens, code,
-                    ws.data_ptr(), stream)
+    with torch.cuda.device(x.device):
+        tokens, ws, stream = _launch_env(x, info)
+        _core.cuda_sgmv(registry.data_ptr(), tuple(info), seg_start.data_ptr(),
+                        seg_adapter.data_ptr(), segments, max_seg_len, x.data_ptr(), y.data_ptr(),
+                        tokens, code, ws.data_ptr(), stream)
 
 
 @_apply_one_add.register_fake
@@ -171,14 +176,22 @@ def _(y, x, registry, info, seg_start, seg_adapter, max_seg_len):
 
 # --- the Python entry points ----------------------------------------------------------
 
+def _need_cuda(x) -> None:
+    if not (isinstance(x, torch.Tensor) and x.is_cuda):
+        where = x.device if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a CUDA tensor, got {where}; off the GPU use QuantizedLoRA.apply")
+
+
 def apply_one(y, x, registry: DeviceRegistry, adapter: int = 0):
     """y += x @ dW_hat[adapter]^T for every row of x (tokens, n); returns y."""
+    _need_cuda(x)
     torch.ops.loraquant.apply_one_add(y, x, registry.buffer, list(registry.info), int(adapter))
     return y
 
 
 def bgmv(y, x, registry: DeviceRegistry, idx):
     """y[t] += x[t] @ dW_hat[idx[t]]^T; idx[t] = -1 (or out of range) adds nothing."""
+    _need_cuda(x)
     idx = idx.to(device=x.device, dtype=torch.int32).contiguous()
     torch.ops.loraquant.bgmv_add(y, x, registry.buffer, list(registry.info), idx)
     return y
@@ -188,8 +201,10 @@ def sgmv(y, x, registry: DeviceRegistry, seg_start, seg_adapter, max_seg_len: in
     """Segment s = rows [seg_start[s], seg_start[s+1]) adds x @ dW_hat[seg_adapter[s]]^T.
 
     max_seg_len must be at least the longest segment (it sizes the grid); segments of
-    kMmaMinTokens (32) or more rows in fp16/bf16 run on tensor cores.
+    kMmaMinTokens (32) or more rows in fp16/bf16 run on tensor cores. Segments must not
+    overlap.
     """
+    _need_cuda(x)
     seg_start = seg_start.to(device=x.device, dtype=torch.int32).contiguous()
     seg_adapter = seg_adapter.to(device=x.device, dtype=torch.int32).contiguous()
     torch.ops.loraquant.sgmv_add(y, x, registry.buffer, list(registry.info), seg_start,
