@@ -38,7 +38,7 @@ fi
 
 step "build (LORAQUANT_CUDA=ON, no build isolation)"
 b0=$(date +%s)
-if ! timeout 300 $PY -m pip install --no-build-isolation --no-deps -v . \
+if ! timeout 200 $PY -m pip install --no-build-isolation --no-deps -v . \
       -Ccmake.define.LORAQUANT_CUDA=ON -Cbuild-dir=build/gpu-check 2>&1 |
     grep -E "loraquant:|Building|Linking|error|warning|Successfully|ERROR"; then
   echo "BUILD FAILED"; exit 1
@@ -52,15 +52,15 @@ cuobjdump --list-elf "$SO" | sed 's/.*\.\(sm_[0-9a]*\)\..*/\1/' | sort | uniq -c
 cuobjdump --list-ptx "$SO" | sed 's/.*\.\(sm_[0-9a]*\)\..*/\1/' | sort | uniq -c
 echo "tensor-core instructions in the sm_90a code: $(cuobjdump --dump-sass --gpu-architecture sm_90a "$SO" 2>/dev/null | grep -c HMMA)"
 
-step "CUDA tests"
-timeout 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -x -ra || fail=1
+step "CUDA tests (the emulated ones run in CI already)"
+timeout 110 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py --maxfail=5 -ra -k "not emulated" || fail=1
 
 step "GPU bench"
-timeout 150 $PY bench/gpu_bench.py || fail=1
+timeout 90 $PY bench/gpu_bench.py || fail=1
 
 if [ "${LQ_SANITIZE:-1}" = "1" ] && command -v compute-sanitizer >/dev/null; then
   step "compute-sanitizer memcheck on a few kernel tests"
-  timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 \
       $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -x \
       -k "sgmv_segments or 16-129-127-fp16" || fail=1
 fi
