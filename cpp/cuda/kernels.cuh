@@ -1,4 +1,4 @@
-// What launch.cu needs of the kernel files: the argument block and the two paths.
+// What dispatch.cuh needs of the kernel files: the argument block and the two paths.
 #pragma once
 
 #include "common.cuh"

@@ -29,6 +29,22 @@
 #define __shared__ static
 #define __align__(n) alignas(n)
 
+// The CUDA names the kernels use, mapped to emulation types of their own, so that this
+// translation unit shares no definition with the CUDA ones linked beside it.
+#define dim3 lq_emu_dim3
+#define threadIdx lq_emu_thread_idx
+#define blockIdx lq_emu_block_idx
+#define __half lq_emu_half
+#define __nv_bfloat16 lq_emu_bfloat16
+#define __half2float lq_emu_half2float
+#define __float2half_rn lq_emu_float2half_rn
+#define __bfloat162float lq_emu_bfloat162float
+#define __float2bfloat16_rn lq_emu_float2bfloat16_rn
+#define __syncthreads lq_emu_syncthreads
+#define __shfl_xor_sync lq_emu_shfl_xor_sync
+#define cudaStream_t lq_emu_stream
+#define nvcuda lq_emu_nvcuda
+
 struct dim3 {
   unsigned x, y, z;
   dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
@@ -36,8 +52,6 @@ struct dim3 {
 using cudaStream_t = void*;
 
 inline thread_local dim3 threadIdx, blockIdx;
-
-inline uint32_t min(uint32_t a, uint32_t b) { return a < b ? a : b; }
 
 struct __half {
   uint16_t bits;
@@ -54,6 +68,16 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   u += 0x7fffu + ((u >> 16) & 1u);
   return __nv_bfloat16{(uint16_t)(u >> 16)};
 }
+
+#ifdef LQ_KERNEL_NS
+namespace loraquant {
+namespace cuda {
+namespace LQ_KERNEL_NS {
+inline uint32_t min(uint32_t a, uint32_t b) { return a < b ? a : b; }
+}  // namespace LQ_KERNEL_NS
+}  // namespace cuda
+}  // namespace loraquant
+#endif
 
 namespace lq_emu {
 
