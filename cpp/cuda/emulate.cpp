@@ -1,7 +1,8 @@
 // Host emulation of the CUDA launchers: the kernel sources (shrink.cu, expand.cu,
 // mma.cu) compiled as C++ over emu/simt.h and dispatched by dispatch.cuh exactly as
 // launch.cu does on the GPU. Plain C++, in every build, so CI runs the kernels' own
-// indexing and synchronisation without a GPU (slowly: one OS thread per CUDA thread).
+// indexing and synchronisation without a GPU (slowly: one OS thread per CUDA thread,
+// one at a time).
 #define LQ_EMULATE 1
 #define LQ_KERNEL_NS emu
 #include "emu/simt.h"

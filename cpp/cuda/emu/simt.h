@@ -1,17 +1,16 @@
 // A host emulation of the CUDA features the loraquant kernels use, so that their source
-// runs on a CPU in tests (emulate.cpp). Each CUDA thread of a block is an OS thread:
-// __syncthreads and warp shuffles are real barriers, so a kernel that reaches a barrier
-// with only some of its threads stalls, and the launch reports it. Blocks run one after
-// another. WMMA fragments hold whole 16x16 tiles in fp32; loads convert from the
+// runs on a CPU in tests (emulate.cpp). Each CUDA thread of a block is an OS thread, but
+// only one runs at a time (Block, below): deterministic, and a missing barrier shows up
+// as a wrong result; a barrier not every thread reaches is reported. Blocks run one
+// after another. WMMA fragments hold whole 16x16 tiles in fp32; loads convert from the
 // operand type, products are fp32. fp16 and bf16 round to nearest even, via half.h.
 //
 // What this cannot show: timing, memory coalescing, bank conflicts, alignment faults,
-// the register fragment layouts of real tensor cores, or races that need real hardware
-// interleavings. It shows the indexing, the control flow and the synchronisation.
+// the register fragment layouts of real tensor cores, or races between blocks (they run
+// in order). It shows the indexing, the control flow and the synchronisation in a block.
 #pragma once
 
-#include <algorithm>
-#include <chrono>
+#include <array>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -81,41 +80,78 @@ inline uint32_t min(uint32_t a, uint32_t b) { return a < b ? a : b; }
 
 namespace lq_emu {
 
-// A reusable barrier for n threads; after 20 s without all of them it gives up and
-// records the stall, so a broken kernel fails a test instead of hanging it.
-class Barrier {
+// One block's threads, scheduled one at a time: a thread runs until it reaches a
+// barrier (__syncthreads, or a warp shuffle for its warp) or returns, then hands the
+// baton to the highest-numbered runnable thread. So between two barriers every thread
+// runs alone and in a fixed, adversarial order: a barrier missing between a write to
+// shared memory and another thread's read of it leaves the read stale, and the result
+// wrong. A barrier that some thread can never pass (it returned, or waits at another)
+// is a stall: it is recorded, and the waiting threads are released so the launch ends.
+class Block {
  public:
-  explicit Barrier(int n) : n_(n) {}
-  bool wait() {
+  Block(unsigned threads, size_t smem)
+      : dyn((smem + 15) / 16 * 4 + 4, __builtin_nanf("")), slots(threads / 32),
+        n_(threads), state_(threads, kRunnable), bar_(threads, 0), arrived_(threads / 32 + 1, 0),
+        running_(threads - 1), cv_(threads) {}
+
+  std::vector<float> dyn;                     // dynamic shared memory, NaN at the start
+  std::vector<std::array<float, 32>> slots;   // warp shuffle exchange, one row per warp
+  bool stalled = false;
+
+  void start(unsigned t) {
     std::unique_lock<std::mutex> lock(m_);
-    const uint64_t gen = gen_;
-    if (++waiting_ == n_) {
-      waiting_ = 0;
-      ++gen_;
-      cv_.notify_all();
-      return true;
+    cv_[t].wait(lock, [&] { return running_ == t; });
+  }
+  // Barrier `bar`: kBlock, or 1 + warp for a warp's shuffle.
+  void arrive(unsigned t, unsigned bar) {
+    std::unique_lock<std::mutex> lock(m_);
+    state_[t] = kWaiting;
+    bar_[t] = bar;
+    const unsigned need = bar == kBlock ? n_ : 32;
+    if (++arrived_[bar] == need) {
+      arrived_[bar] = 0;
+      for (unsigned u = 0; u < n_; ++u)
+        if (state_[u] == kWaiting && bar_[u] == bar) state_[u] = kRunnable;
     }
-    return cv_.wait_for(lock, std::chrono::seconds(20), [&] { return gen_ != gen; });
+    hand_on();
+    cv_[t].wait(lock, [&] { return running_ == t; });
+  }
+  void finish(unsigned t) {
+    std::unique_lock<std::mutex> lock(m_);
+    state_[t] = kDone;
+    hand_on();
   }
 
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  int n_, waiting_ = 0;
-  uint64_t gen_ = 0;
-};
+  static constexpr unsigned kBlock = 0;
 
-struct Block {
-  explicit Block(unsigned threads, size_t smem)
-      : sync(threads), dyn((smem + 15) / 16 * 4 + 4), warps(threads / 32) {}
-  Barrier sync;
-  std::vector<float> dyn;  // dynamic shared memory, NaN-filled per block
-  struct Warp {
-    Warp() : bar(32) {}
-    Barrier bar;
-    float slot[32];
-  };
-  std::vector<Warp> warps;
+ private:
+  enum { kRunnable, kWaiting, kDone };
+  void hand_on() {
+    for (int pass = 0; pass < 2; ++pass) {
+      for (unsigned u = n_; u-- > 0;)
+        if (state_[u] == kRunnable) {
+          running_ = u;
+          cv_[u].notify_one();
+          return;
+        }
+      bool waiting = false;
+      for (unsigned u = 0; u < n_; ++u)
+        if (state_[u] == kWaiting) {
+          state_[u] = kRunnable;  // a stall: let everyone finish
+          waiting = true;
+        }
+      if (!waiting) break;
+      stalled = true;
+    }
+    running_ = n_;  // all done
+  }
+
+  std::mutex m_;
+  unsigned n_;
+  std::vector<int> state_;
+  std::vector<unsigned> bar_, arrived_;
+  unsigned running_;
+  std::vector<std::condition_variable> cv_;  // one per thread: wake only the next one
 };
 
 inline thread_local Block* current = nullptr;
@@ -125,7 +161,14 @@ T* dynamic_shared() {
   return reinterpret_cast<T*>(current->dyn.data());
 }
 
-// Run kernel(args) over the grid: blocks in order, each with its threads at once.
+// True once any emulated launch stalled at a barrier (a divergent __syncthreads).
+inline bool& stall_flag() {
+  static bool s = false;
+  return s;
+}
+
+// Run kernel(args) over the grid: blocks in order, each with its threads scheduled as
+// Block says.
 template <typename... P>
 struct Launch {
   void (*kernel)(P...);
@@ -140,39 +183,33 @@ struct Launch {
       for (unsigned y = 0; y < grid.y; ++y)
         for (unsigned x = 0; x < grid.x; ++x) {
           Block b(threads, smem);
-          std::fill(b.dyn.begin(), b.dyn.end(), __builtin_nanf(""));
           std::vector<std::thread> pool;
           for (unsigned t = 0; t < threads; ++t)
             pool.emplace_back([&, t] {
               current = &b;
               threadIdx = dim3(t);
               blockIdx = dim3(x, y, z);
+              b.start(t);
               kernel(args...);
+              b.finish(t);
             });
           for (auto& th : pool) th.join();
+          if (b.stalled) stall_flag() = true;
         }
   }
 };
 
-// True once any emulated launch stalled at a barrier (a divergent __syncthreads).
-inline bool& stall_flag() {
-  static bool s = false;
-  return s;
-}
-
 }  // namespace lq_emu
 
-inline void __syncthreads() {
-  if (!lq_emu::current->sync.wait()) lq_emu::stall_flag() = true;
-}
+inline void __syncthreads() { lq_emu::current->arrive(threadIdx.x, lq_emu::Block::kBlock); }
 
 inline float __shfl_xor_sync(unsigned, float v, int mask) {
-  const unsigned lane = threadIdx.x % 32;
-  auto& w = lq_emu::current->warps[threadIdx.x / 32];
-  w.slot[lane] = v;
-  if (!w.bar.wait()) lq_emu::stall_flag() = true;
-  const float r = w.slot[lane ^ (unsigned)mask];
-  if (!w.bar.wait()) lq_emu::stall_flag() = true;
+  const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  auto& slot = lq_emu::current->slots[warp];
+  slot[lane] = v;
+  lq_emu::current->arrive(threadIdx.x, 1 + warp);
+  const float r = slot[lane ^ (unsigned)mask];
+  lq_emu::current->arrive(threadIdx.x, 1 + warp);
   return r;
 }
 
