@@ -1,9 +1,10 @@
-// Reader of the compressed-adapter file: every check of format.h, in the order it lists.
+// Reader of the compressed-adapter file: every check of format.h. It accepts what
+// loraquant.load accepts (python/loraquant/adapter_file.py), so that the two readers of
+// the one format agree.
 #include "loraquant/adapter_file.h"
 
 #include <algorithm>
 #include <cstring>
-#include <iterator>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -26,6 +27,9 @@ size_t dtype_size(const std::string& dtype) {
 }
 
 namespace {
+
+// The ceiling the safetensors library (and loraquant.load) puts on the JSON header.
+constexpr uint64_t kMaxHeaderBytes = 100000000;
 
 // One entry of the safetensors header; offsets already checked against the data section.
 struct Tensor {
@@ -76,7 +80,9 @@ Tensor read_tensor(const std::string& name, const json::Value& v, uint64_t data_
   return t;
 }
 
-void check_disjoint(const std::unordered_map<std::string, Tensor>& tensors) {
+// As safetensors requires: sorted by offset, each tensor begins where the one before
+// ends, the first at 0, the last at the end of the data section.
+void check_tiling(const std::unordered_map<std::string, Tensor>& tensors, uint64_t data_size) {
   struct Span {
     uint64_t begin, end;
     const std::string* name;
@@ -86,10 +92,17 @@ void check_disjoint(const std::unordered_map<std::string, Tensor>& tensors) {
   std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
-  for (size_t k = 1; k < spans.size(); ++k)
-    if (spans[k].begin < spans[k - 1].end)
-      bad("tensors " + quoted(*spans[k - 1].name) + " and " + quoted(*spans[k].name) +
-          " overlap in the data section");
+  uint64_t pos = 0;
+  for (const Span& s : spans) {
+    if (s.begin != pos)
+      bad("tensor " + quoted(*s.name) + " begins at " + std::to_string(s.begin) + " and " +
+          (s.begin < pos ? "overlaps the tensor before it" : "leaves a gap before it") +
+          " (expected " + std::to_string(pos) + "): tensors must tile the data section");
+    pos = s.end;
+  }
+  if (pos != data_size)
+    bad("the data section has " + std::to_string(data_size) + " bytes but the tensors cover " +
+        std::to_string(pos));
 }
 
 std::string metadata_string(const std::unordered_map<std::string, std::string>& meta,
@@ -127,12 +140,13 @@ class Reader {
     for (const auto& m : header.members)
       if (m.first != names::kMetadata)
         tensors_.emplace(m.first, read_tensor(m.first, m.second, data_size_));
-    check_disjoint(tensors_);
+    check_tiling(tensors_, data_size_);
     check_crc(metadata_string(meta_, names::kDataCrc32), data_, data_size_);
 
     Adapter out;
     const json::Value mods = embedded_json(metadata_string(meta_, names::kModules), names::kModules);
     if (mods.kind != json::Value::Array) bad("__metadata__ \"modules\" must be a JSON array");
+    if (mods.items.empty()) bad("the file lists no modules");
     for (size_t k = 0; k < mods.items.size(); ++k) out.modules.push_back(read_module(k, mods.items[k]));
     read_extras(out);
     for (const auto& kv : tensors_)
@@ -153,6 +167,9 @@ class Reader {
     if (n > size_ - 8)
       bad("header length " + std::to_string(n) + " exceeds the " + std::to_string(size_ - 8) +
           " bytes that follow it (truncated or not a safetensors file)");
+    if (n > kMaxHeaderBytes)
+      bad("header length " + std::to_string(n) + " is more than the limit " +
+          std::to_string(kMaxHeaderBytes));
     data_ = file_ + 8 + n;
     data_size_ = size_ - 8 - (size_t)n;
     json::Value h;
@@ -191,8 +208,6 @@ class Reader {
     if (e.kind != json::Value::Object) bad(what + " is not a JSON object");
     for (const char* key : names::kModuleKeys)
       if (!e.find(key)) bad(what + " has no \"" + key + "\"");
-    if (e.members.size() != std::size(names::kModuleKeys))
-      bad(what + " has keys other than name, m, n, r, group_size, scaling, widths");
     AdapterModule am;
     am.name = json::as_string(*e.find("name"), what + " name");
     if (am.name.empty()) bad(what + " has an empty name");
@@ -204,7 +219,7 @@ class Reader {
     am.scaling = json::as_double(*e.find("scaling"), what + " scaling");
     const json::Value& w = *e.find("widths");
     if (w.kind != json::Value::Array || w.items.size() != r)
-      bad(what + " widths must be an array of r = " + std::to_string(r) + " integers");
+      bad(what + " widths must be an array of r = " + std::to_string(r) + " pairs [b_width, a_width]");
 
     const Tensor& blob = tensor(names::blob_tensor(am.name), what);
     if (blob.dtype != "U8" || blob.shape.size() != 1) bad(what + " blob must be U8 [bytes]");
@@ -219,12 +234,17 @@ class Reader {
           ", " + std::to_string(r) + ", " + std::to_string(g) + " but its blob holds " +
           std::to_string(mod.m()) + ", " + std::to_string(mod.n()) + ", " + std::to_string(mod.r()) +
           ", " + std::to_string(mod.group_size()));
-    for (uint64_t i = 0; i < r; ++i)
-      if (json::as_uint(w.items[i], LQ_MAX_WIDTH, what + " widths[" + std::to_string(i) + "]") !=
-          mod.widths()[i])
-        bad(what + ": widths[" + std::to_string(i) + "] disagrees with its blob");
+    for (uint32_t i = 0; i < (uint32_t)r; ++i) {
+      const std::string wi = what + " widths[" + std::to_string(i) + "]";
+      const json::Value& pair = w.items[i];
+      if (pair.kind != json::Value::Array || pair.items.size() != 2) bad(wi + " must be [b_width, a_width]");
+      if (json::as_uint(pair.items[0], LQ_MAX_WIDTH, wi + "[0]") != mod.b_width(i) ||
+          json::as_uint(pair.items[1], LQ_MAX_WIDTH, wi + "[1]") != mod.a_width(i))
+        bad(wi + " disagrees with its blob");
+    }
 
     const Tensor& sig = tensor(names::sigma_tensor(am.name), what);
+    // Tensors are copied out, never read in place: their alignment is not assumed.
     if (sig.dtype != "F32" || sig.shape.size() != 1 || sig.shape[0] != r)
       bad(what + " sigma must be F32 [" + std::to_string(r) + "]");
     am.sigma.resize(r);

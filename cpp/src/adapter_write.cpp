@@ -28,8 +28,11 @@ struct Pending {
   std::vector<uint64_t> shape;
   const uint8_t* data;
   size_t size;
-  size_t item;  // bytes per element: wider items go first, so every tensor is aligned
+  size_t align;  // tensors go by falling alignment, so every one starts aligned
 };
+
+// Blobs hold uint32 code words: they are placed as 4-byte items (format.h).
+constexpr size_t kBlobAlign = 4;
 
 void check_name(const std::string& name, const std::string& what,
                 std::unordered_set<std::string>& taken) {
@@ -42,7 +45,10 @@ void check_name(const std::string& name, const std::string& what,
 json::Value module_entry(const AdapterModule& am) {
   const Module& mod = am.module;
   json::Value widths = json::Value::array();
-  for (uint32_t i = 0; i < mod.r(); ++i) widths.push(json::Value::number((uint64_t)mod.widths()[i]));
+  for (uint32_t i = 0; i < mod.r(); ++i)
+    widths.push(json::Value::array()
+                    .push(json::Value::number((uint64_t)mod.b_width(i)))
+                    .push(json::Value::number((uint64_t)mod.a_width(i))));
   json::Value e = json::Value::object();
   e.add("name", json::Value::string(am.name))
       .add("m", json::Value::number((uint64_t)mod.m()))
@@ -81,6 +87,7 @@ std::vector<uint8_t> serialize_adapter(const Adapter& a) {
   json::Value modules = json::Value::array(), extras = json::Value::array();
   blobs.reserve(a.modules.size());
 
+  if (a.modules.empty()) invalid("an adapter needs at least one module");
   for (const AdapterModule& am : a.modules) {
     const std::string what = "module '" + am.name + "'";
     if (am.module.r() == 0) invalid(what + " holds no module (default-constructed)");
@@ -93,13 +100,14 @@ std::vector<uint8_t> serialize_adapter(const Adapter& a) {
     check_name(blob, what, taken);
     check_name(sigma, what, taken);
     blobs.push_back(am.module.to_bytes());
-    tensors.push_back({blob, "U8", {blobs.back().size()}, blobs.back().data(), blobs.back().size(), 1});
+    tensors.push_back({blob, "U8", {blobs.back().size()}, blobs.back().data(), blobs.back().size(), kBlobAlign});
     tensors.push_back({sigma, "F32", {am.sigma.size()},
                        reinterpret_cast<const uint8_t*>(am.sigma.data()), am.sigma.size() * 4, 4});
     modules.push(module_entry(am));
   }
   for (const AdapterExtra& x : a.extras) {
     const std::string what = "extra '" + x.name + "'";
+    if (x.name.rfind("lq.", 0) == 0) invalid(what + ": extra names must not start with 'lq.'");
     check_name(x.name, what, taken);
     const size_t item = dtype_size(x.dtype);
     if (item == 0) invalid(what + " has unknown dtype '" + x.dtype + "'");
@@ -117,7 +125,7 @@ std::vector<uint8_t> serialize_adapter(const Adapter& a) {
   const std::string peft = peft_config_text(a.peft_config_json);
 
   std::stable_sort(tensors.begin(), tensors.end(),
-                   [](const Pending& p, const Pending& q) { return p.item > q.item; });
+                   [](const Pending& p, const Pending& q) { return p.align > q.align; });
   std::vector<uint8_t> data;
   json::Value header = json::Value::object();
   header.add(names::kMetadata, json::Value::object());  // filled below, once the crc is known

@@ -36,7 +36,7 @@ struct AdapterExtra {
 };
 
 struct Adapter {
-  std::vector<AdapterModule> modules;  // file order
+  std::vector<AdapterModule> modules;  // file order; a file holds at least one
   std::string peft_config_json = "{}"; // the source adapter_config.json, a JSON object
   std::vector<AdapterExtra> extras;    // file order of the "extras" list
 };
@@ -49,9 +49,10 @@ Adapter parse_adapter(const uint8_t* data, size_t size);
 Adapter read_adapter_file(const std::string& path);
 
 // The file's bytes. Throws std::invalid_argument if the adapter cannot be stored as
-// format.h defines (duplicate or empty names, sigma not of length r, non-finite scaling,
-// an extra whose bytes do not match its dtype and shape, a peft config that is not a
-// JSON object). The output is deterministic: the same adapter gives the same bytes.
+// format.h defines (no modules, duplicate or empty names, sigma not of length r,
+// non-finite scaling, an extra named "lq.*" or whose bytes do not match its dtype and
+// shape, a peft config that is not a JSON object). The output is deterministic: the
+// same adapter gives the same bytes.
 std::vector<uint8_t> serialize_adapter(const Adapter& adapter);
 // Write the file atomically: a temporary file in the same directory, flushed, then
 // renamed over `path`; on any failure the temporary file is removed and `path` is left
