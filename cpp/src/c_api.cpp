@@ -291,14 +291,18 @@ int lq_module_group_size(const lq_module* module, uint32_t* group_size) {
                  [&] { need(group_size, "group_size") = module_of(module).module.group_size(); });
 }
 
-int lq_module_widths(const lq_module* module, uint8_t* widths, size_t capacity) {
+int lq_module_widths(const lq_module* module, uint8_t* b_widths, uint8_t* a_widths, size_t capacity) {
   return guarded("lq_module_widths", [&] {
     const lq::Module& mod = module_of(module).module;
-    uint8_t* w = &need(widths, "widths");
+    uint8_t* b = &need(b_widths, "b_widths");
+    uint8_t* a = &need(a_widths, "a_widths");
     if (capacity < mod.r())
       throw std::invalid_argument("capacity " + std::to_string(capacity) + " < rank " +
                                   std::to_string(mod.r()));
-    std::memcpy(w, mod.widths(), mod.r());
+    for (uint32_t i = 0; i < mod.r(); ++i) {
+      b[i] = (uint8_t)mod.b_width(i);
+      a[i] = (uint8_t)mod.a_width(i);
+    }
   });
 }
 

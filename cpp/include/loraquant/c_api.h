@@ -101,8 +101,10 @@ LQ_API int lq_module_name(const lq_module* module, const char** name);
 LQ_API int lq_module_shape(const lq_module* module, uint32_t* m, uint32_t* n);
 LQ_API int lq_module_rank(const lq_module* module, uint32_t* r);
 LQ_API int lq_module_group_size(const lq_module* module, uint32_t* group_size);
-/* Width of each of the r components (0..8 bits); capacity must be at least r. */
-LQ_API int lq_module_widths(const lq_module* module, uint8_t* widths, size_t capacity);
+/* Width in bits (0..8) of b_i and of a_i for each of the r components; both are 0 when
+ * the component is dropped. Each buffer holds `capacity` entries, at least r. */
+LQ_API int lq_module_widths(const lq_module* module, uint8_t* b_widths, uint8_t* a_widths,
+                            size_t capacity);
 /* Bits per weight of the input pair, every stored byte counted, and those bytes. */
 LQ_API int lq_module_avg_bits(const lq_module* module, double* avg_bits);
 LQ_API int lq_module_nbytes(const lq_module* module, size_t* nbytes);
