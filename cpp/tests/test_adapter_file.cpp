@@ -53,17 +53,19 @@ std::vector<std::string> files_in(const std::string& dir) {
 
 LQ_TEST(adapter_file_round_trip_in_memory) {
   const lq::Adapter a = lqtest::sample_adapter();
-  for (const lq::AdapterModule& am : a.modules) CHECK(am.module.widths()[0] > 0);  // not empty
+  for (const lq::AdapterModule& am : a.modules) CHECK(am.module.b_width(0) > 0);  // not empty
   const std::vector<uint8_t> bytes = lq::serialize_adapter(a);
   const lq::Adapter b = lq::parse_adapter(bytes.data(), bytes.size());
   check_same(a, b);
   CHECK(lq::serialize_adapter(b) == bytes);  // deterministic: same adapter, same bytes
 
-  lq::Adapter empty;  // no modules, no extras: still a valid file
-  const std::vector<uint8_t> eb = lq::serialize_adapter(empty);
-  const lq::Adapter e2 = lq::parse_adapter(eb.data(), eb.size());
-  CHECK(e2.modules.empty() && e2.extras.empty());
-  CHECK_EQ(e2.peft_config_json, std::string("{}"));
+  lq::Adapter one;  // one module, no extras, no config
+  one.modules.push_back(a.modules[0]);
+  one.peft_config_json.clear();
+  const std::vector<uint8_t> ob = lq::serialize_adapter(one);
+  const lq::Adapter o2 = lq::parse_adapter(ob.data(), ob.size());
+  CHECK(o2.modules.size() == 1 && o2.extras.empty());
+  CHECK_EQ(o2.peft_config_json, std::string("{}"));
 }
 
 LQ_TEST(adapter_file_is_the_safetensors_layout_of_format_h) {
@@ -82,22 +84,27 @@ LQ_TEST(adapter_file_is_the_safetensors_layout_of_format_h) {
   const json::Value& m0 = modules.items[0];
   CHECK_EQ(m0.find("name")->text, a.modules[0].name);
   CHECK_EQ(json::as_uint(*m0.find("m"), 99, "m"), (uint64_t)a.modules[0].module.m());
+  const json::Value& w0 = m0.find("widths")->items[0];  // [b_width, a_width]
+  CHECK_EQ(json::as_uint(w0.items[0], 8, "b"), (uint64_t)a.modules[0].module.b_width(0));
+  CHECK_EQ(json::as_uint(w0.items[1], 8, "a"), (uint64_t)a.modules[0].module.a_width(0));
   CHECK_EQ(json::as_double(*m0.find("scaling"), "s"), a.modules[0].scaling);
   CHECK_EQ(json::parse(meta->find("extras")->text).items.size(), a.extras.size());
-  // Tensors tile the data section in header order, widest dtype first, so that
-  // every tensor is aligned and other safetensors readers accept the file.
+  // Tensors tile the data section in header order, and each starts at a multiple of
+  // its item size (blobs: 4, for their uint32 code words).
   uint64_t at = 0;
-  size_t prev_item = 8, tensors = 0;
+  size_t tensors = 0;
+  bool aligned = true;
   for (const auto& kv : h.members) {
     if (kv.first == "__metadata__") continue;
     ++tensors;
     const json::Value& off = *kv.second.find("data_offsets");
     CHECK_EQ(json::as_uint(off.items[0], UINT64_MAX, "begin"), at);
+    const bool blob = kv.first.rfind("lq.", 0) == 0 && kv.first.size() > 5 &&
+                      kv.first.compare(kv.first.size() - 5, 5, ".blob") == 0;
+    aligned = aligned && at % (blob ? 4 : lq::dtype_size(kv.second.find("dtype")->text)) == 0;
     at = json::as_uint(off.items[1], UINT64_MAX, "end");
-    const size_t item = lq::dtype_size(kv.second.find("dtype")->text);
-    CHECK(item <= prev_item);
-    prev_item = item;
   }
+  CHECK(aligned);
   CHECK_EQ(at, f.size() - 8 - n);
   CHECK_EQ(tensors, 2 * a.modules.size() + a.extras.size());
   const json::Value* blob = h.find("lq." + a.modules[1].name + ".blob");

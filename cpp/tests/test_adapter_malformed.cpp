@@ -74,6 +74,12 @@ std::string first_blob(Parts& p) {
   return "lq." + json::parse(at(meta(p), "modules").text).items[0].find("name")->text + ".blob";
 }
 
+// Where the first module's blob lies in the data section.
+std::pair<uint64_t, uint64_t> first_blob_span(Parts& p) {
+  const json::Value& off = at(at(p.header, first_blob(p)), "data_offsets");
+  return {json::as_uint(off.items[0], UINT64_MAX, ""), json::as_uint(off.items[1], UINT64_MAX, "")};
+}
+
 void parse(const std::vector<uint8_t>& f) { (void)lq::parse_adapter(f.data(), f.size()); }
 
 }  // namespace
@@ -86,6 +92,9 @@ LQ_TEST(adapter_malformed_container) {
   CHECK_THROWS(parse(join_text("[]", {})), lq::FormatError, "not a JSON object");
   CHECK_THROWS(parse(join_text("{\"a\":", {})), lq::FormatError, "header: JSON:");
   CHECK_THROWS(parse(join_text("{}", {})), lq::FormatError, "no __metadata__");
+  std::vector<uint8_t> huge(8 + 100000001, ' ');  // a header longer than safetensors allows
+  for (int k = 0; k < 8; ++k) huge[k] = (uint8_t)((uint64_t)100000001 >> (8 * k));
+  CHECK_THROWS(parse(huge), lq::FormatError, "more than the limit 100000000");
   CHECK_THROWS(parse(edited([](Parts& p) { at(meta(p), "format").text = "pt"; })), lq::FormatError,
                "not a loraquant adapter");
   CHECK_THROWS(parse(edited([](Parts& p) { at(meta(p), "format_version").text = "2"; })), lq::FormatError,
@@ -118,7 +127,7 @@ LQ_TEST(adapter_malformed_tensor_entries) {
                "must be an integer");
   CHECK_THROWS(parse(on_blob([](json::Value& t) { t.members.pop_back(); })), lq::FormatError,
                "exactly dtype, shape and data_offsets");
-  // Two tensors sharing bytes: move a sigma onto the start of the data section.
+  // Tiling: two tensors sharing bytes, a gap, bytes no tensor covers.
   CHECK_THROWS(parse(edited([](Parts& p) {
                  for (auto& m : p.header.members)
                    if (m.first.size() > 6 && m.first.compare(m.first.size() - 6, 6, ".sigma") == 0) {
@@ -128,9 +137,19 @@ LQ_TEST(adapter_malformed_tensor_entries) {
                      off.items[1] = json::Value::number(len);
                    }
                })),
-               lq::FormatError, "overlap");
+               lq::FormatError, "overlaps the tensor before it");
   CHECK_THROWS(parse(edited([](Parts& p) { p.header.add("stray", at(p.header, first_blob(p))); })),
-               lq::FormatError, "overlap");
+               lq::FormatError, "overlaps the tensor before it");
+  CHECK_THROWS(parse(edited([](Parts& p) { p.data.push_back(0); })), lq::FormatError,
+               "but the tensors cover");
+  CHECK_THROWS(parse(edited([](Parts& p) {
+                 p.data.insert(p.data.begin(), 8, 0);  // 8 bytes in front that no tensor covers
+                 for (auto& m : p.header.members)
+                   if (m.first != "__metadata__")
+                     for (json::Value& o : at(m.second, "data_offsets").items)
+                       o = json::Value::number(json::as_uint(o, UINT64_MAX, "") + 8);
+               })),
+               lq::FormatError, "leaves a gap before it");
 }
 
 LQ_TEST(adapter_malformed_checksum) {
@@ -139,8 +158,10 @@ LQ_TEST(adapter_malformed_checksum) {
   CHECK_THROWS(parse(edited([](Parts& p) { at(meta(p), "data_crc32").text = "ABCDEF01"; }, false)),
                lq::FormatError, "not 8 lowercase hex digits");
   // A corrupted blob whose data_crc32 was recomputed is still caught, by its own CRC.
-  CHECK_THROWS(parse(edited([](Parts& p) { p.data[p.data.size() - 1] ^= 1; })), lq::FormatError,
+  CHECK_THROWS(parse(edited([](Parts& p) { p.data[first_blob_span(p).second - 1] ^= 1; })), lq::FormatError,
                "blob: checksum mismatch");
+  CHECK_THROWS(parse(edited([](Parts& p) { p.data[first_blob_span(p).first + 8] ^= 1; })), lq::FormatError,
+               "blob: checksum mismatch");  // in the blob's header: m
 }
 
 LQ_TEST(adapter_malformed_module_entries) {
@@ -152,15 +173,20 @@ LQ_TEST(adapter_malformed_module_entries) {
   CHECK_THROWS(parse(on_entry([](json::Value& e) { at(e, "group_size") = json::Value::number((uint64_t)9); })),
                lq::FormatError, "but its blob holds");
   CHECK_THROWS(parse(on_entry([](json::Value& e) {
-                 json::Value& w = at(e, "widths");
-                 w.items[0] = json::Value::number((uint64_t)(json::as_uint(w.items[0], 8, "") == 1 ? 2 : 1));
+                 json::Value& a = at(e, "widths").items[0].items[1];
+                 a = json::Value::number((uint64_t)(json::as_uint(a, 8, "") == 1 ? 2 : 1));
                })),
                lq::FormatError, "widths[0] disagrees with its blob");
   CHECK_THROWS(parse(on_entry([](json::Value& e) { at(e, "widths").items.pop_back(); })), lq::FormatError,
-               "widths must be an array of r = 3");
+               "widths must be an array of r = 3 pairs");
+  CHECK_THROWS(parse(on_entry([](json::Value& e) { at(e, "widths").items[1].items.pop_back(); })),
+               lq::FormatError, "widths[1] must be [b_width, a_width]");
+  CHECK_THROWS(parse(on_entry([](json::Value& e) { at(e, "widths").items[2].items[0].text = "9"; })),
+               lq::FormatError, "widths[2][0] = 9 is out of range 0..8");
   CHECK_THROWS(parse(on_entry([](json::Value& e) { e.members.pop_back(); })), lq::FormatError, "has no \"widths\"");
-  CHECK_THROWS(parse(on_entry([](json::Value& e) { e.add("rank", json::Value::number((uint64_t)3)); })),
-               lq::FormatError, "keys other than");
+  // A key the format does not define is ignored, as loraquant.load ignores it.
+  const std::vector<uint8_t> noted = on_entry([](json::Value& e) { e.add("note", json::Value::string("x")); });
+  CHECK_EQ(lq::parse_adapter(noted.data(), noted.size()).modules.size(), (size_t)3);
   CHECK_THROWS(parse(on_entry([](json::Value& e) { at(e, "name").text = "other"; })), lq::FormatError,
                "tensor 'lq.other.blob' is missing");
   CHECK_THROWS(parse(on_entry([](json::Value& e) { at(e, "name").text = ""; })), lq::FormatError, "empty name");
@@ -174,6 +200,8 @@ LQ_TEST(adapter_malformed_module_entries) {
                "__metadata__ \"modules\": JSON:");
   CHECK_THROWS(parse(edited([](Parts& p) { at(meta(p), "modules").text = "{}"; })), lq::FormatError,
                "must be a JSON array");
+  CHECK_THROWS(parse(edited([](Parts& p) { at(meta(p), "modules").text = "[]"; })), lq::FormatError,
+               "the file lists no modules");
 }
 
 LQ_TEST(adapter_malformed_extras_and_config) {
@@ -206,8 +234,10 @@ LQ_TEST(adapter_malformed_writer_refusals) {
   refuses([](lq::Adapter& a) { a.extras[0].data.pop_back(); }, "has 23 bytes but F32 of its shape needs 24");
   refuses([](lq::Adapter& a) { a.extras[0].dtype = "F128"; }, "unknown dtype");
   refuses([](lq::Adapter& a) { a.extras[0].shape = {1ull << 62, 1ull << 62}; }, "shape overflows");
-  refuses([](lq::Adapter& a) { a.extras[0].name = "lq." + a.modules[0].name + ".blob"; }, "is used twice");
+  refuses([](lq::Adapter& a) { a.extras[1].name = a.extras[0].name; }, "is used twice");
   refuses([](lq::Adapter& a) { a.extras[0].name = "__metadata__"; }, "__metadata__");
+  refuses([](lq::Adapter& a) { a.extras[0].name = "lq.free"; }, "must not start with 'lq.'");
+  refuses([](lq::Adapter& a) { a.modules.clear(); }, "at least one module");
   refuses([](lq::Adapter& a) { a.peft_config_json = "[]"; }, "must be a JSON object");
   refuses([](lq::Adapter& a) { a.peft_config_json = "{"; }, "not valid JSON");
 }

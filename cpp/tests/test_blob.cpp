@@ -1,7 +1,6 @@
 // Blobs (Module::to_bytes / from_bytes): an exact round trip, and truncated or
 // corrupted bytes give a FormatError, never a crash.
 #include <cstddef>
-#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -14,19 +13,9 @@ namespace lq = loraquant;
 
 namespace {
 
-// Small enough to flip every byte, with a budget that keeps components of two widths.
+// Small enough to flip every byte, with a budget that keeps every component.
 lq::Module small_module() {
   return lqtest::compress_pair(lqtest::random_pair(13, 9, 3, 6000), 1.0, 10.0, 4).module;
-}
-
-bool in_field(size_t pos, size_t offset, size_t size) { return pos >= offset && pos < offset + size; }
-
-// Header fields that say what the payload means, which its CRC-32 does not cover:
-// a flip there that keeps the implied layout gives a different, well-formed module.
-bool geometry_byte(size_t pos) {
-  return in_field(pos, offsetof(lq_blob_header, m), 4) || in_field(pos, offsetof(lq_blob_header, n), 4) ||
-         in_field(pos, offsetof(lq_blob_header, r), 4) ||
-         in_field(pos, offsetof(lq_blob_header, group_size), 4);
 }
 
 }  // namespace
@@ -56,34 +45,23 @@ LQ_TEST(blob_every_truncation_is_rejected) {
   CHECK_THROWS(lq::Module::from_bytes(bytes.data(), 47), lq::FormatError, "truncated");
 }
 
-LQ_TEST(blob_every_byte_flip_is_caught) {
-  // Every byte, every nonzero xor. Outside the geometry fields a flip is always
-  // rejected (magic, version, sizes, reserved zeros, CRC-32 of the payload). Inside
-  // them the blob header alone cannot tell; a flip is rejected unless the module it
-  // describes is well formed, and then it must re-serialize to exactly the flipped
-  // bytes. The adapter file's data_crc32 covers those fields (adapter_file tests).
+LQ_TEST(blob_every_byte_flip_is_rejected) {
+  // Every byte, every nonzero xor: the CRC-32 covers the header and the payload.
   const lq::Module mod = small_module();
-  CHECK(mod.widths()[0] > 0 && mod.widths()[0] != mod.widths()[2]);
+  CHECK(mod.b_width(2) > 0 && mod.a_width(2) > 0);
   const std::vector<uint8_t> bytes = mod.to_bytes();
-  size_t rejected = 0, accepted = 0;
-  bool outside_ok = true, inside_ok = true;
+  size_t accepted = 0;
   for (size_t pos = 0; pos < bytes.size(); ++pos)
     for (unsigned x = 1; x < 256; ++x) {
       std::vector<uint8_t> bad = bytes;
       bad[pos] ^= (uint8_t)x;
       try {
-        const lq::Module mod = lq::Module::from_bytes(bad.data(), bad.size());
+        (void)lq::Module::from_bytes(bad.data(), bad.size());
         ++accepted;
-        if (!geometry_byte(pos)) outside_ok = false;
-        inside_ok = inside_ok && mod.to_bytes() == bad;
       } catch (const lq::FormatError&) {
-        ++rejected;
       }
     }
-  CHECK(outside_ok);
-  CHECK(inside_ok);
-  CHECK_EQ(rejected + accepted, bytes.size() * 255);
-  std::printf("  %zu flips rejected, %zu well-formed (all in m, n, r, group_size)\n", rejected, accepted);
+  CHECK_EQ(accepted, (size_t)0);
 }
 
 LQ_TEST(blob_header_errors_name_the_problem) {
@@ -106,5 +84,5 @@ LQ_TEST(blob_header_errors_name_the_problem) {
   CHECK_THROWS(parse(with(offsetof(lq_blob_header, r), &big_rank, 4)), lq::FormatError, "rank");
   CHECK_THROWS(parse(with(offsetof(lq_blob_header, group_size), &zero, 4)), lq::FormatError, "group size");
   CHECK_THROWS(parse(with(offsetof(lq_blob_header, payload_bytes), &huge, 8)), lq::FormatError, "truncated");
-  CHECK_THROWS(parse(with(offsetof(lq_blob_header, payload_crc32), &zero, 4)), lq::FormatError, "checksum");
+  CHECK_THROWS(parse(with(offsetof(lq_blob_header, crc32), &zero, 4)), lq::FormatError, "checksum");
 }
