@@ -41,7 +41,7 @@ _SIGNATURES = {
     "lq_module_shape": (C.c_int, [Module, _u32p, _u32p]),
     "lq_module_rank": (C.c_int, [Module, _u32p]),
     "lq_module_group_size": (C.c_int, [Module, _u32p]),
-    "lq_module_widths": (C.c_int, [Module, _u8p, C.c_size_t]),
+    "lq_module_widths": (C.c_int, [Module, _u8p, _u8p, C.c_size_t]),
     "lq_module_avg_bits": (C.c_int, [Module, _dp]),
     "lq_module_nbytes": (C.c_int, [Module, _szp]),
     "lq_module_scaling": (C.c_int, [Module, _dp]),
@@ -105,6 +105,22 @@ def compress(lib, name: str, A: np.ndarray, B: np.ndarray, scaling: float, opts:
     out = Module()
     call(lib, "lq_compress", name.encode(), dtype, A.ctypes.data, B.ctypes.data, m, n, r,
          scaling, C.byref(opts), C.byref(out))
+    return out
+
+
+def widths(lib, mod: Module) -> list[tuple[int, int]]:
+    r = C.c_uint32()
+    call(lib, "lq_module_rank", mod, C.byref(r))
+    b, a = (C.c_uint8 * r.value)(), (C.c_uint8 * r.value)()
+    call(lib, "lq_module_widths", mod, b, a, r.value)
+    return list(zip(b, a))
+
+
+def sigma(lib, mod: Module) -> np.ndarray:
+    count = C.c_size_t()
+    call(lib, "lq_module_sigma", mod, None, 0, C.byref(count))
+    out = np.empty(count.value, dtype=np.float32)
+    call(lib, "lq_module_sigma", mod, f32(out), count.value, C.byref(count))
     return out
 
 

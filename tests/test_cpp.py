@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from cppbuild import installed, run, tool  # noqa: F401  (installed is a fixture)
+from _cppbuild import installed, run, tool  # noqa: F401  (installed is a fixture)
 
 # One ctest per group of cases (cpp/tests/CMakeLists.txt), and the C program.
 GROUPS = ["half", "pack", "vector", "svd", "module", "blob", "json", "adapter_file",

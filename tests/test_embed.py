@@ -3,21 +3,18 @@ consumer, the example's probe lines against Python's, and the C API through ctyp
 from __future__ import annotations
 
 import ctypes as C
-import importlib.util
-import json
 import shutil
 import subprocess
 import sys
 import threading
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import capi
+import _capi as capi
 import loraquant
-from cppbuild import REPO, configure_consumer, example, installed, run, tool  # noqa: F401
+from _cppbuild import REPO, configure_consumer, example, installed, run, tool  # noqa: F401
 
 # Python and C++ compute probe_norm with the same core function, so their 8-digit lines
 # are identical. An independent float64 numpy computation agrees with it to PROBE_REL;
@@ -48,24 +45,14 @@ def lib(installed):
     return capi.load(installed.c_library)
 
 
-def safetensors_package():
-    """The safetensors package (extra `hf`): the independent reader and writer here."""
-    return pytest.importorskip("safetensors.numpy", reason="needs the safetensors package (pip install .[hf])")
+def inspect_probe(path: Path) -> list[str]:
+    """`loraquant inspect FILE --probe`: Python's reader and Python's formatting."""
+    return run([sys.executable, "-m", "loraquant", "inspect", path, "--probe"]).stdout.splitlines()
 
 
-def probe_lines_python(path: Path) -> list[str]:
-    """The probe lines of a file, read with the safetensors package (not our reader)."""
-    safetensors_package()
-    from safetensors import safe_open
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata()
-        names = [e["name"] for e in json.loads(meta["modules"])]
-        blobs = {n: f.get_tensor(f"lq.{n}.blob").tobytes() for n in names}
-    return [f"{n} {loraquant.QuantizedLoRA.from_bytes(blobs[n]).core.probe_norm():.8g}" for n in names]
-
-
-def probe_norm_numpy(blob: bytes) -> float:
-    A_hat, B_hat = loraquant.QuantizedLoRA.from_bytes(blob).core.dequantize()
+def probe_norm_numpy(q) -> float:
+    """|dW_hat x|_2 for x_j = sin(j + 1), from the dequantized factors in float64."""
+    A_hat, B_hat = q.core.dequantize()
     x = np.sin(np.arange(A_hat.shape[1], dtype=np.float64) + 1.0)
     return float(np.linalg.norm(B_hat.astype(np.float64) @ (A_hat.astype(np.float64) @ x)))
 
@@ -76,14 +63,14 @@ def run_example(example: Path, path: Path) -> list[str]:
     return p.stdout.splitlines()
 
 
-def write_with_c_api(lib, path: Path, **opts) -> list[str]:
+def write_with_c_api(lib, path: Path, **opts) -> None:
+    """The MODULES, compressed and written through the C API."""
     mods = [capi.compress(lib, name, A, B, s, capi.options(lib, **opts)) for name, A, B, s in pairs()]
     try:
         capi.write_file(lib, path, mods, '{"peft_type": "LORA"}')
     finally:
         for m in mods:
             lib.lq_module_free(m)
-    return list(MODULES)
 
 
 # ---- the installed package -------------------------------------------------------------
@@ -138,67 +125,69 @@ def test_c_only_consumer(installed, tmp_path):
     assert "c_api_from_c: ok" in p.stdout
 
 
-# ---- the example against Python ----------------------------------------------------------
+# ---- one format, two implementations ------------------------------------------------------
 
-def test_example_matches_python_on_a_c_api_file(lib, example, tmp_path):
-    path = tmp_path / "adapter.lqa"
-    names = write_with_c_api(lib, path, bits=3.0, group_size=32)
-    lines = run_example(example, path)
-    assert [ln.split(" ")[0] for ln in lines] == names  # file order
-    assert lines == probe_lines_python(path)
-    from safetensors import safe_open
-    with safe_open(str(path), framework="numpy") as f:
-        for line in lines:
-            name, norm = line.split(" ")
-            want = probe_norm_numpy(f.get_tensor(f"lq.{name}.blob").tobytes())
-            assert want > 0 and abs(float(norm) - want) <= (PRINT_REL + PROBE_REL) * want, line
-
-
-def write_with_safetensors(path: Path, modules: dict, peft_config: dict) -> None:
-    """modules: name -> (QuantizedLoRA, scaling). The compressed-adapter file as format.h specifies it, written by the safetensors
-    package with Python's json and zlib: an implementation independent of the C++ one."""
-    save_file = safetensors_package().save_file
-    tensors, entries = {}, []
-    for name, (q, scaling) in modules.items():
-        tensors[f"lq.{name}.blob"] = np.frombuffer(q.to_bytes(), dtype=np.uint8)
-        tensors[f"lq.{name}.sigma"] = q.singular_values.astype(np.float32)
-        entries.append({"name": name, "m": q.shape[0], "n": q.shape[1], "r": q.rank,
-                        "group_size": q.group_size, "scaling": scaling, "widths": q.widths})
-    tensors["base_model.model.score.weight"] = np.arange(6, dtype=np.float32).reshape(2, 3)
-    meta = {"format": "loraquant-adapter", "format_version": "1", "modules": json.dumps(entries),
-            "extras": json.dumps(["base_model.model.score.weight"]),
-            "peft_config": json.dumps(peft_config), "data_crc32": "00000000"}
-    save_file(tensors, str(path), metadata=meta)
-    raw = bytearray(path.read_bytes())
-    n = int.from_bytes(raw[:8], "little")
-    crc = f"{zlib.crc32(raw[8 + n:]) & 0xffffffff:08x}".encode()
-    at = raw.index(b"00000000", 8, 8 + n)  # the placeholder: same length, header unchanged
-    raw[at:at + 8] = crc
-    path.write_bytes(bytes(raw))
-
-
-def test_example_reads_a_file_written_by_safetensors(example, tmp_path):
-    modules = {name: (loraquant.compress(A, B, bits=2.5, scaling=s), s) for name, A, B, s in pairs(seed=1)}
-    path = tmp_path / "from_python.lqa"
-    write_with_safetensors(path, modules, {"peft_type": "LORA", "r": 16})
-    lines = run_example(example, path)
-    assert [ln.split(" ")[0] for ln in lines] == list(modules)
-    assert lines == [f"{n} {q.core.probe_norm():.8g}" for n, (q, _) in modules.items()]
-
-
-def test_example_matches_loraquant_inspect(example, tmp_path):
-    """The issue's own check: a file from loraquant.save, `inspect --probe` against the
-    example. It needs the PEFT branch's save and CLI."""
-    if not hasattr(loraquant, "save"):
-        pytest.skip("loraquant.save does not exist on this branch yet (PEFT branch `peft`); "
-                    "the C-API and safetensors-written files above cover the format meanwhile")
-    if importlib.util.find_spec("loraquant.__main__") is None:
-        pytest.skip("`python -m loraquant` (loraquant/__main__.py, PEFT branch `peft`) does not exist yet")
+def test_example_matches_inspect_on_a_python_file(example, tmp_path):
+    """The issue's check: a file from loraquant.save (with extras and a PEFT config),
+    the example's lines against `loraquant inspect FILE --probe`."""
+    torch = pytest.importorskip("torch")
     adapter = loraquant.compress_adapter({n: (A, B, s) for n, A, B, s in pairs(seed=2)}, bits=2.0)
     path = tmp_path / "saved.lqa"
-    loraquant.save(str(path), adapter)
-    p = run([sys.executable, "-m", "loraquant", "inspect", path, "--probe"])
-    assert run_example(example, path) == p.stdout.splitlines()
+    loraquant.save(path, adapter, peft_config={"peft_type": "LORA", "r": 16, "note": "caf\u00e9"},
+                   scalings={n: s for n, _, _, s in pairs(seed=2)},
+                   extras={"base_model.model.score.weight": torch.arange(6.0).reshape(2, 3),
+                           "base_model.model.layers.0.mlp.down_proj.lora_B.bias":
+                               torch.ones(129, dtype=torch.bfloat16)})
+    lines = run_example(example, path)
+    assert [ln.split(" ")[0] for ln in lines] == list(MODULES)  # file order
+    assert lines == inspect_probe(path)
+
+
+def test_example_matches_inspect_on_a_c_api_file(lib, example, tmp_path):
+    path = tmp_path / "adapter.lqa"
+    write_with_c_api(lib, path, bits=3.0, group_size=32)
+    lines = run_example(example, path)
+    assert [ln.split(" ")[0] for ln in lines] == list(MODULES)
+    assert lines == inspect_probe(path)
+    adapter = loraquant.load(path)
+    for line in lines:
+        name, norm = line.split(" ")
+        want = probe_norm_numpy(adapter[name])
+        assert want > 0 and abs(float(norm) - want) <= (PRINT_REL + PROBE_REL) * want, line
+
+
+def test_python_reads_what_the_c_api_wrote(lib, tmp_path):
+    """loraquant.load gets back every module exactly, with its widths, singular values
+    and scaling, and the PEFT config."""
+    path = tmp_path / "adapter.lqa"
+    mods = {name: capi.compress(lib, name, A, B, s, capi.options(lib, bits=2.5)) for name, A, B, s in pairs(3)}
+    try:
+        capi.write_file(lib, path, list(mods.values()), '{"peft_type": "LORA", "r": [1, 2]}')
+        adapter = loraquant.load(path)
+        assert list(adapter) == list(mods)
+        assert adapter.peft_config == {"peft_type": "LORA", "r": [1, 2]}
+        for (name, h), (_, _, _, s) in zip(mods.items(), pairs(3)):
+            q = adapter[name]
+            assert q.to_bytes() == capi.to_bytes(lib, h)
+            assert q.widths == capi.widths(lib, h)
+            np.testing.assert_array_equal(q.singular_values, capi.sigma(lib, h).astype(np.float64))
+            assert adapter.scalings[name] == s
+    finally:
+        for h in mods.values():
+            lib.lq_module_free(h)
+
+
+def test_c_api_file_is_plain_safetensors(lib, tmp_path):
+    """Common tools can list the file: the safetensors package opens it."""
+    safe_open = pytest.importorskip("safetensors", reason="needs the safetensors package").safe_open
+    path = tmp_path / "adapter.lqa"
+    write_with_c_api(lib, path)
+    with safe_open(str(path), framework="numpy") as f:
+        assert f.metadata()["format"] == "loraquant-adapter"
+        assert set(f.keys()) == {f"lq.{n}.{t}" for n in MODULES for t in ("blob", "sigma")}
+        name = next(iter(MODULES))
+        blob = f.get_tensor(f"lq.{name}.blob").tobytes()
+    assert loraquant.QuantizedLoRA.from_bytes(blob).shape == MODULES[name][:2]
 
 
 def test_example_reports_bad_files(lib, example, tmp_path):
@@ -312,10 +301,17 @@ def test_c_api_error_paths(lib, tmp_path):
     expect_error(lib, capi.E_INVALID_ARGUMENT, "A is NULL", "lq_compress", b"x", capi.FLOAT64,
                  None, B.ctypes.data, 6, 10, 4, 1.0, C.byref(opts), C.byref(mod))
     assert not mod.value  # a failed call leaves its out-parameter alone
-    # Writing where nothing can be written.
-    expect_error(lib, capi.E_IO, "cannot write", "lq_write_adapter_file",
-                 str(tmp_path / "no" / "dir.lqa").encode(), None, 0, None)
-    assert capi.last_error(lib).startswith("lq_write_adapter_file: ")
+    # Writing: nothing to write, nowhere to write it.
+    expect_error(lib, capi.E_INVALID_ARGUMENT, "at least one module", "lq_write_adapter_file",
+                 str(tmp_path / "empty.lqa").encode(), None, 0, None)
+    h = capi.compress(lib, "m", A, B, 1.0, opts)
+    try:
+        expect_error(lib, capi.E_IO, "cannot write", "lq_write_adapter_file",
+                     str(tmp_path / "no" / "dir.lqa").encode(), (capi.Module * 1)(h), 1, None)
+        assert capi.last_error(lib).startswith("lq_write_adapter_file: ")
+    finally:
+        lib.lq_module_free(h)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.lqa", "short.lqa"]  # nothing left behind
 
 
 def test_c_api_last_error_is_per_thread(lib, tmp_path):
