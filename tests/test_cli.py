@@ -375,6 +375,8 @@ def _vllm_module_name(key: str):
     start = 2 if key.startswith("base_model.model.") else 0
     if parts[-1] == "weight" and parts[-2] in ("lora_A", "lora_B"):
         return ".".join(parts[start:-2]), parts[-2]
+    if parts[-1] == "bias":  # a LoRA bias: `<module>.lora_B.bias`
+        return ".".join(parts[start:-2]), "bias"
     raise ValueError(f"{key} is not a LoRA weight name")
 
 
@@ -395,6 +397,6 @@ def test_export_follows_the_lora_loader_naming_rules(compressed, tmp_path, capsy
         module, which = _vllm_module_name(key)
         assert module.split(".")[-1] in config["target_modules"], key
         seen.setdefault(module, {})[which] = t
-    assert seen and all(set(v) == {"lora_A", "lora_B"} for v in seen.values())
+    assert seen and all({"lora_A", "lora_B"} <= set(v) for v in seen.values())
     for module, ab in seen.items():
         assert ab["lora_A"].shape[0] == config["r"] == ab["lora_B"].shape[1], module
