@@ -52,7 +52,10 @@ lq::PairInput pair_input(const F64& A, const F64& B, double scaling) {
 }
 
 lq::CompressOptions options(double bits, double rho, uint32_t high_bits, uint32_t group_size,
-                            bool range_search, uint32_t refit_rounds) {
+                            bool range_search, uint32_t refit_rounds,
+                            const std::string& balance = "relative") {
+  if (balance != "relative" && balance != "absolute")
+    throw std::invalid_argument("balance must be 'relative' or 'absolute', got '" + balance + "'");
   lq::CompressOptions o;
   o.bits = bits;
   o.rho = rho;
@@ -60,6 +63,7 @@ lq::CompressOptions options(double bits, double rho, uint32_t high_bits, uint32_
   o.group_size = group_size;
   o.range_search = range_search;
   o.refit_rounds = refit_rounds;
+  o.relative_balance = balance == "relative";
   return o;
 }
 
@@ -98,8 +102,10 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("avg_bits", &lq::Module::avg_bits)
       .def_property_readonly("unit", &lq::Module::unit)
       .def_property_readonly("widths", [](const lq::Module& s) {
-        return std::vector<int>(s.widths(), s.widths() + s.r());
-      })
+        std::vector<std::pair<int, int>> w;
+        for (uint32_t i = 0; i < s.r(); ++i) w.emplace_back(s.b_width(i), s.a_width(i));
+        return w;
+      }, "(width of b_i, width of a_i) per component")
       .def("probe_norm", [](const lq::Module& s) {
         py::gil_scoped_release nogil;
         return s.probe_norm();
@@ -200,10 +206,11 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("finish", [](const std::vector<std::shared_ptr<lq::Candidates>>& prepared, double bits,
                      double rho, uint32_t high_bits, uint32_t group_size, bool range_search,
-                     uint32_t refit_rounds) {
+                     uint32_t refit_rounds, const std::string& balance) {
         std::vector<lq::Candidates*> ptrs;
         for (auto& p : prepared) ptrs.push_back(p.get());
-        lq::CompressOptions o = options(bits, rho, high_bits, group_size, range_search, refit_rounds);
+        lq::CompressOptions o =
+            options(bits, rho, high_bits, group_size, range_search, refit_rounds, balance);
         std::vector<lq::Compressed> res;
         {
           py::gil_scoped_release nogil;
@@ -214,6 +221,7 @@ PYBIND11_MODULE(_core, m) {
         return out;
       }, py::arg("prepared"), py::arg("bits") = 2.0, py::arg("rho") = 0.0, py::arg("high_bits") = 2,
       py::arg("group_size") = 128, py::arg("range_search") = true, py::arg("refit_rounds") = 0,
+      py::arg("balance") = "relative",
       "Stage 2: choose widths for all prepared pairs under one budget, and pack them");
 
   m.def("thin_svd", [](const F64& A, const F64& B, double scaling) {

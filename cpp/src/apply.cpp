@@ -52,16 +52,15 @@ void apply_rows(const Module& mod, const float* x, size_t rows, float* y) {
   std::vector<float> va(n), vb(m), t(rows);
   std::memset(y, 0, sizeof(float) * rows * m);
   for (uint32_t i = 0; i < mod.r(); ++i) {
-    const uint32_t w = mod.widths()[i];
-    if (w == 0) continue;
-    decode_fast(mod.a_block(i), n, w, mod.a_group(i), mod.unit(), va.data());
+    if (mod.b_width(i) == 0) continue;
+    decode_fast(mod.a_block(i), n, mod.a_width(i), mod.a_group(i), mod.unit(), va.data());
     for (size_t row = 0; row < rows; ++row) {
       const float* xr = x + row * n;
       float s = 0.0f;
       for (uint32_t j = 0; j < n; ++j) s += xr[j] * va[j];
       t[row] = s;
     }
-    decode_fast(mod.b_block(i), m, w, mod.b_group(i), mod.unit(), vb.data());
+    decode_fast(mod.b_block(i), m, mod.b_width(i), mod.b_group(i), mod.unit(), vb.data());
     for (size_t row = 0; row < rows; ++row) {
       float* yr = y + row * m;
       const float tr = t[row];

@@ -34,7 +34,7 @@ Candidates::Candidates(Factors f, uint32_t group, bool range_search)
     bshift_[k] = std::min(opt[k], wb);
     ashift_[k] = std::min(opt[k], wa);
   }
-  cache_.resize((size_t)f_.r * (LQ_MAX_WIDTH + 1) * kGroupOptions);
+  cache_.resize((size_t)f_.r * 2 * LQ_MAX_WIDTH * kGroupOptions);
 }
 
 bool Candidates::option_distinct(uint32_t k) const {
@@ -42,63 +42,60 @@ bool Candidates::option_distinct(uint32_t k) const {
 }
 
 uint64_t Candidates::cost(Config c) const {
-  return lq_vector_bytes(f_.m, c.w, lq_group(group_, bshift_[c.k])) +
-         lq_vector_bytes(f_.n, c.w, lq_group(group_, ashift_[c.k]));
+  return lq_vector_bytes(f_.m, c.wb, group_of(0, c.k)) + lq_vector_bytes(f_.n, c.wa, group_of(1, c.k));
 }
 
-void Candidates::encode(uint32_t i, Config c, const float* b, const float* a, Enc& e) {
-  const uint32_t m = f_.m, n = f_.n;
-  const uint64_t gb = lq_group(group_, bshift_[c.k]), ga = lq_group(group_, ashift_[c.k]);
-  e.bblk.assign(lq_vector_bytes(m, c.w, gb), 0);
-  e.ablk.assign(lq_vector_bytes(n, c.w, ga), 0);
-  e.bdeq.assign(m, 0.0f);
-  e.adeq.assign(n, 0.0f);
-  if (c.w > 0) {
-    encode_vector(b, m, c.w, gb, unit_, search_, e.bblk.data(), e.bdeq.data());
-    encode_vector(a, n, c.w, ga, unit_, search_, e.ablk.data(), e.adeq.data());
+Candidates::Side& Candidates::side(uint32_t i, uint32_t s, uint32_t w, uint32_t k) {
+  Side& e = cache_[(((size_t)i * 2 + s) * LQ_MAX_WIDTH + (w - 1)) * kGroupOptions + k];
+  if (e.done) return e;
+  const uint32_t L = len(s);
+  const uint64_t g = group_of(s, k);
+  const float* x = (s ? af_.data() : bf_.data()) + (size_t)i * L;
+  const double* xe = (s ? f_.a.data() : f_.b.data()) + (size_t)i * L;
+  e.blk.assign(lq_vector_bytes(L, w, g), 0);
+  e.deq.assign(L, 0.0f);
+  encode_vector(x, L, w, g, unit_, search_, e.blk.data(), e.deq.data());
+  double dot = 0, nrm = 0;
+  for (uint32_t j = 0; j < L; ++j) {
+    dot += xe[j] * e.deq[j];
+    nrm += (double)e.deq[j] * e.deq[j];
   }
-  // |b a^T - bh ah^T|^2 = |b|^2 |a|^2 - 2 (b.bh)(a.ah) + |bh|^2 |ah|^2, exact factors.
-  const double* bx = f_.b.data() + (size_t)i * m;
-  const double* ax = f_.a.data() + (size_t)i * n;
-  double bb = 0, bq = 0, qq = 0, aa = 0, aq = 0, pp = 0;
-  for (uint32_t j = 0; j < m; ++j) {
-    bb += bx[j] * bx[j];
-    bq += bx[j] * e.bdeq[j];
-    qq += (double)e.bdeq[j] * e.bdeq[j];
-  }
-  for (uint32_t j = 0; j < n; ++j) {
-    aa += ax[j] * ax[j];
-    aq += ax[j] * e.adeq[j];
-    pp += (double)e.adeq[j] * e.adeq[j];
-  }
-  e.err = std::max(0.0, bb * aa - 2.0 * bq * aq + qq * pp);
+  e.dot = dot;
+  e.norm2 = nrm;
   e.done = true;
-}
-
-Candidates::Enc& Candidates::enc(uint32_t i, Config c) {
-  Enc& e = cache_[((size_t)i * (LQ_MAX_WIDTH + 1) + c.w) * kGroupOptions + c.k];
-  if (!e.done) encode(i, c, bf_.data() + (size_t)i * f_.m, af_.data() + (size_t)i * f_.n, e);
   return e;
 }
 
-double Candidates::err(uint32_t i, Config c) { return enc(i, c).err; }
+double Candidates::err(uint32_t i, Config c) {
+  // |b a^T - bh ah^T|^2 = |b|^2 |a|^2 - 2 (b.bh)(a.ah) + |bh|^2 |ah|^2, with
+  // |b|^2 = |a|^2 = sigma_i (the split SVD factors).
+  const double s2 = f_.sigma[i] * f_.sigma[i];
+  if (!c.kept()) return s2;
+  const Side& b = side(i, 0, c.wb, c.k);
+  const Side& a = side(i, 1, c.wa, c.k);
+  return std::max(0.0, s2 - 2.0 * b.dot * a.dot + b.norm2 * a.norm2);
+}
 
 void Candidates::precompute(uint32_t max_w, bool all_groups) {
-  std::vector<Config> todo;
-  for (uint32_t w = 1; w <= max_w; ++w)
-    for (uint32_t k = 0; k < (all_groups ? kGroupOptions : 1); ++k)
-      if (option_distinct(k)) todo.push_back({w, k});
-  const long per = (long)todo.size(), total = (long)f_.r * per;
-#pragma omp parallel for schedule(dynamic)
-  for (long t = 0; t < total; ++t)
-    if (f_.sigma[t / per] > 0) enc((uint32_t)(t / per), todo[t % per]);
+  // Serial on purpose: callers parallelise across pairs, where the work is coarse.
+  for (uint32_t i = 0; i < f_.r; ++i) {
+    if (!(f_.sigma[i] > 0)) continue;
+    for (uint32_t s = 0; s < 2; ++s)
+      for (uint32_t w = 1; w <= max_w; ++w)
+        for (uint32_t k = 0; k < (all_groups ? kGroupOptions : 1); ++k)
+          if (option_distinct(k)) side(i, s, w, k);
+  }
 }
 
 void Candidates::select(const std::vector<Config>& cfg) {
   cfg_ = cfg;
-  chosen_.assign(f_.r, Enc());
-  for (uint32_t i = 0; i < f_.r; ++i)
-    if (cfg[i].w > 0) chosen_[i] = enc(i, cfg[i]);
+  chosen_.assign(f_.r, Chosen());
+  for (uint32_t i = 0; i < f_.r; ++i) {
+    if (!cfg[i].kept()) continue;
+    const Side& b = side(i, 0, cfg[i].wb, cfg[i].k);
+    const Side& a = side(i, 1, cfg[i].wa, cfg[i].k);
+    chosen_[i] = Chosen{b.blk, a.blk, b.deq, a.deq};
+  }
 }
 
 std::vector<uint8_t> Candidates::payload() const {
@@ -106,13 +103,15 @@ std::vector<uint8_t> Candidates::payload() const {
   const uint64_t prefix = lq_prefix_bytes(r);
   std::vector<uint8_t> out(prefix, 0);
   for (uint32_t i = 0; i < r; ++i) {
-    out[i] = (uint8_t)cfg_[i].w;
-    out[r + i] = cfg_[i].w ? (uint8_t)bshift_[cfg_[i].k] : 0;
-    out[2 * r + i] = cfg_[i].w ? (uint8_t)ashift_[cfg_[i].k] : 0;
+    if (!cfg_[i].kept()) continue;
+    out[i] = (uint8_t)cfg_[i].wb;
+    out[r + i] = (uint8_t)cfg_[i].wa;
+    out[2 * r + i] = (uint8_t)bshift_[cfg_[i].k];
+    out[3 * r + i] = (uint8_t)ashift_[cfg_[i].k];
   }
   std::memcpy(out.data() + prefix - 4, &unit_, 4);
   for (uint32_t i = 0; i < r; ++i) {
-    if (cfg_[i].w == 0) continue;
+    if (!cfg_[i].kept()) continue;
     out.insert(out.end(), chosen_[i].bblk.begin(), chosen_[i].bblk.end());
     out.insert(out.end(), chosen_[i].ablk.begin(), chosen_[i].ablk.end());
   }
@@ -123,7 +122,7 @@ void Candidates::decoded(std::vector<float>& b_hat, std::vector<float>& a_hat) c
   b_hat.assign((size_t)f_.r * f_.m, 0.0f);
   a_hat.assign((size_t)f_.r * f_.n, 0.0f);
   for (uint32_t i = 0; i < f_.r; ++i) {
-    if (cfg_[i].w == 0) continue;
+    if (!cfg_[i].kept()) continue;
     std::copy(chosen_[i].bdeq.begin(), chosen_[i].bdeq.end(), b_hat.begin() + (size_t)i * f_.m);
     std::copy(chosen_[i].adeq.begin(), chosen_[i].adeq.end(), a_hat.begin() + (size_t)i * f_.n);
   }
@@ -147,7 +146,7 @@ uint32_t Candidates::refit(uint32_t rounds) {
   using M = Eigen::MatrixXd;
   std::vector<uint32_t> act;
   for (uint32_t i = 0; i < f_.r; ++i)
-    if (cfg_[i].w > 0) act.push_back(i);
+    if (cfg_[i].kept()) act.push_back(i);
   if (act.empty() || rounds == 0) return 0;
   const Eigen::Index na = (Eigen::Index)act.size(), m = f_.m, n = f_.n, r = f_.r;
   Eigen::Map<const M> B(f_.b.data(), m, r), A(f_.a.data(), n, r);  // X = B A^T
@@ -174,16 +173,16 @@ uint32_t Candidates::refit(uint32_t rounds) {
     const Eigen::Index len = is_a ? n : m;
     for (Eigen::Index t = 0; t < na; ++t) {
       const uint32_t i = act[t];
-      const uint32_t shift = is_a ? ashift_[cfg_[i].k] : bshift_[cfg_[i].k];
       for (Eigen::Index j = 0; j < len; ++j) col[j] = (float)P(j, t);
-      Enc& e = chosen_[i];
-      encode_vector(col.data(), len, cfg_[i].w, lq_group(group_, shift), unit_, search_,
-                    is_a ? e.ablk.data() : e.bblk.data(), is_a ? e.adeq.data() : e.bdeq.data());
+      Chosen& e = chosen_[i];
+      encode_vector(col.data(), len, is_a ? cfg_[i].wa : cfg_[i].wb, group_of(is_a, cfg_[i].k),
+                    unit_, search_, is_a ? e.ablk.data() : e.bblk.data(),
+                    is_a ? e.adeq.data() : e.bdeq.data());
     }
     return true;
   };
   for (uint32_t round = 0; round < rounds; ++round) {
-    std::vector<Enc> saved(chosen_);
+    std::vector<Chosen> saved(chosen_);
     bool ok = requantize(solve(A * (B.transpose() * gather(bh, m)), gather(bh, m)), true);
     if (ok) {
       std::vector<float> tb, ta;

@@ -1,5 +1,6 @@
 // Internal: every component of one pair encoded in the configurations the allocator
-// asks for. A configuration is a width (0..8) and a group option k:
+// asks for. A configuration is a width for b_i and one for a_i (0..8; both 0 or
+// neither) and a group option k shared by both:
 //   k = 0  the user's group size (shift 0)
 //   k = 1  four times it (shift 2)
 //   k = 2  one group for the whole vector
@@ -19,7 +20,8 @@ namespace loraquant {
 constexpr uint32_t kGroupOptions = 3;
 
 struct Config {
-  uint32_t w = 0, k = 0;
+  uint32_t wb = 0, wa = 0, k = 0;
+  bool kept() const { return wb > 0; }
 };
 
 class Candidates {
@@ -37,10 +39,10 @@ class Candidates {
   uint32_t a_shift(uint32_t k) const { return ashift_[k]; }
   // Stored bytes of one component in configuration c (both vector blocks).
   uint64_t cost(Config c) const;
-  // |b_i a_i^T - b_hat a_hat^T|_F^2 in configuration c (w = 0: the component is dropped).
+  // |b_i a_i^T - b_hat a_hat^T|_F^2 in configuration c (0 widths: dropped).
   double err(uint32_t i, Config c);
   // Encode widths 1..max_w (every distinct group option, or k = 0 only) of every
-  // component now, in parallel where built with OpenMP.
+  // component now.
   void precompute(uint32_t max_w, bool all_groups);
   // Fix one configuration per component; payload, decoded and refit then use it.
   void select(const std::vector<Config>& cfg);
@@ -54,14 +56,22 @@ class Candidates {
   uint32_t refit(uint32_t rounds);
 
  private:
-  struct Enc {
+  // One vector (side 0: b_i, side 1: a_i) encoded at one width and group option.
+  struct Side {
     bool done = false;
-    double err = 0;
+    double dot = 0, norm2 = 0;  // x . x_hat and |x_hat|^2, against the exact vector
+    std::vector<uint8_t> blk;
+    std::vector<float> deq;
+  };
+  struct Chosen {
     std::vector<uint8_t> bblk, ablk;
     std::vector<float> bdeq, adeq;
   };
-  Enc& enc(uint32_t i, Config c);
-  void encode(uint32_t i, Config c, const float* b, const float* a, Enc& e);
+  Side& side(uint32_t i, uint32_t s, uint32_t w, uint32_t k);
+  uint32_t len(uint32_t s) const { return s ? f_.n : f_.m; }
+  uint64_t group_of(uint32_t s, uint32_t k) const {
+    return lq_group(group_, s ? ashift_[k] : bshift_[k]);
+  }
 
   Factors f_;
   uint32_t group_;
@@ -69,9 +79,9 @@ class Candidates {
   float unit_;
   uint32_t bshift_[kGroupOptions], ashift_[kGroupOptions];
   std::vector<float> bf_, af_;  // float copies of the factors, component-major
-  std::vector<Enc> cache_;      // r x (LQ_MAX_WIDTH + 1) x kGroupOptions
+  std::vector<Side> cache_;     // r x 2 sides x LQ_MAX_WIDTH x kGroupOptions
   std::vector<Config> cfg_;     // the selection
-  std::vector<Enc> chosen_;     // its encodings (copied from the cache, then re-fitted)
+  std::vector<Chosen> chosen_;  // its encodings (copied from the cache, then re-fitted)
 };
 
 // Exact |X - Y|_F / |X|_F, X from the exact factors, Y from decoded ones (r x m, r x n).
@@ -79,8 +89,10 @@ double relative_error(const Factors& f, const std::vector<float>& b_hat,
                       const std::vector<float>& a_hat);
 
 // Configurations by greedy marginal gain per byte over all components of all pairs,
-// within `budget` bytes of vector blocks. Returns one configuration vector per pair.
-std::vector<std::vector<Config>> allocate_greedy(std::vector<Candidates*>& pairs, int64_t budget);
+// within `budget` bytes of vector blocks; with `relative`, each pair's squared error
+// counts over its |s B A|_F^2. Returns one configuration vector per pair.
+std::vector<std::vector<Config>> allocate_greedy(std::vector<Candidates*>& pairs, int64_t budget,
+                                                 bool relative);
 
 }  // namespace loraquant
 

@@ -42,7 +42,7 @@ std::vector<Config> paper_config(const std::vector<double>& sigma, const Compres
   const uint32_t h = paper_split(sigma, o.rho);
   std::vector<Config> c(sigma.size());
   for (size_t i = 0; i < sigma.size(); ++i)
-    if (sigma[i] > 0) c[i].w = i < h ? o.high_bits : 1;
+    if (sigma[i] > 0) c[i].wb = c[i].wa = i < h ? o.high_bits : 1;
   return c;
 }
 
@@ -102,7 +102,8 @@ std::vector<Compressed> finish(const std::vector<Candidates*>& cands, const Comp
       fixed += (double)lq_prefix_bytes(f.r);
     }
     std::vector<Candidates*> ptrs(cands);
-    cfg = allocate_greedy(ptrs, (int64_t)std::floor(o.bits * weights / 8.0 - fixed));
+    cfg = allocate_greedy(ptrs, (int64_t)std::floor(o.bits * weights / 8.0 - fixed),
+                          o.relative_balance);
   }
   std::vector<Compressed> out(np);
   for (size_t k = 0; k < np; ++k) out[k] = finish_one(*cands[k], cfg[k], o);
@@ -115,7 +116,7 @@ std::vector<Compressed> compress_many(const std::vector<PairInput>& in, const Co
   const long np = (long)in.size();
   std::vector<std::shared_ptr<Candidates>> cands(in.size());
   std::vector<std::string> errors(in.size());
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (np > 1)
   for (long k = 0; k < np; ++k) {
     try {
       cands[k] = prepare(in[k], o);

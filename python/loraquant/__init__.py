@@ -18,3 +18,23 @@ def build_info() -> dict:
 
 
 __all__ = ["QuantizedLoRA", "compress", "compress_adapter", "FormatError", "build_info", "__version__"]
+
+from .adapter_file import CompressedAdapter, load, save
+
+__all__ += ["CompressedAdapter", "load", "save"]
+
+from .peft_io import compress_peft, export_peft
+
+_TORCH_API = ("load_adapter", "quantize_peft_model", "PackedLoRALayer")
+
+
+def __getattr__(name):
+    """The torch-side API (loraquant.hf) loads on first use, so numpy-only installs still
+    import loraquant (these names stay out of __all__ for the same reason)."""
+    if name in _TORCH_API:
+        from . import hf
+        return getattr(hf, name)
+    raise AttributeError(f"module 'loraquant' has no attribute {name!r}")
+
+
+__all__ += ["compress_peft", "export_peft"]

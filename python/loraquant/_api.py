@@ -58,8 +58,9 @@ def _torch():
 class QuantizedLoRA:
     """One compressed LoRA module: dW_hat = B_hat @ A_hat, stored packed.
 
-    shape is (m, n) of the update, rank is r of the input pair. widths[i] is the bit
-    width of SVD component i (0: dropped). avg_bits counts every stored byte.
+    shape is (m, n) of the update, rank is r of the input pair. widths[i] is the pair
+    (bits of b_i, bits of a_i) of SVD component i ((0, 0): dropped); budget mode may
+    give the two factors different widths. avg_bits counts every stored byte.
     """
 
     def __init__(self, module: "_core.Module", singular_values=None, rel_error=None):
@@ -79,8 +80,14 @@ class QuantizedLoRA:
         return self._m.r
 
     @property
-    def widths(self) -> list[int]:
-        return list(self._m.widths)
+    def widths(self) -> list[tuple[int, int]]:
+        return [tuple(w) for w in self._m.widths]
+
+    @property
+    def component_bits(self) -> list[float]:
+        """Code bits per weight of each component: (m * w_b + n * w_a) / (m + n)."""
+        m, n = self.shape
+        return [(m * b + n * a) / (m + n) for b, a in self.widths]
 
     @property
     def group_size(self) -> int:
@@ -173,13 +180,17 @@ def compress(A, B, *, bits=None, rho=None, high_bits=None, group_size=128,
 
 
 def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=128,
-                     progress=False, threads=None) -> dict:
+                     balance="relative", progress=False, threads=None) -> dict:
     """Compress every module of an adapter under one budget.
 
     `pairs` maps a module name to (A, B, scaling). In budget mode one average budget of
-    `bits` per weight (every stored byte counted) is spread over all modules so that
-    the summed squared error |s B A - B_hat A_hat|_F^2 is least: modules with heavier
-    spectra get more bits. In paper mode (rho given) each module is compressed alone.
+    `bits` per weight (every stored byte counted) is spread over all modules so that the
+    summed squared error is least: modules whose spectra are heavier (slower to decay)
+    get more bits. With balance="relative" (default) each module's squared error counts
+    relative to |s B A|_F^2, so that no module is starved because its update is small
+    (on a task, a module of small norm still matters); balance="absolute" minimises the
+    plain sum of |s B A - B_hat A_hat|_F^2. In paper mode (rho given) each module is
+    compressed alone.
     Returns {name: QuantizedLoRA} in the order of `pairs`. `progress=True` shows a
     progress bar (tqdm) over the modules.
     """
@@ -203,6 +214,8 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
             raise type(e)(f"module {name!r}: {e}") from None
         items.append((name, a, b, s))
 
+    if balance not in ("relative", "absolute"):
+        raise ValueError(f"balance must be 'relative' or 'absolute', got {balance!r}")
     kw = opts.core_kwargs()
     bar = _progress(len(items), progress)
     workers = threads or min(len(items), os.cpu_count() or 1)
@@ -221,7 +234,7 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
             prepared = list(pool.map(stage1, items))
     finally:
         bar.close()
-    results = _core.finish(prepared, **kw)
+    results = _core.finish(prepared, balance=balance, **kw)
     return {name: QuantizedLoRA(mod, sigma, err)
             for (name, *_), (mod, sigma, err) in zip(items, results)}
 

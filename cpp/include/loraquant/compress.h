@@ -17,6 +17,10 @@ struct CompressOptions {
   uint32_t group_size = 128; // entries per quantization group
   bool range_search = true;  // RTN groups pick the least-error shrunken range
   uint32_t refit_rounds = 0; // least-squares re-fits of one factor against the other
+  // How compress_many weighs the pairs' errors against each other under one budget:
+  // relative (each pair's squared error over its |s B A|_F^2, so that a module with a
+  // small update is not starved) or absolute (plain summed squared error).
+  bool relative_balance = true;
 };
 
 // One LoRA pair: A is r x n, B is m x r, both row-major float64; update = scaling * B A.
@@ -37,8 +41,9 @@ struct Compressed {
 Compressed compress(const PairInput& in, const CompressOptions& opt);
 
 // Compress many pairs. In budget mode one budget of `bits` per weight is shared by all
-// pairs, so that the summed squared error is minimised; in paper mode each pair is
-// compressed alone. Uses OpenMP threads where built with it.
+// pairs, so that the summed (relative or absolute, see relative_balance) squared error
+// is minimised; in paper mode each pair is compressed alone. Uses OpenMP threads where
+// built with it.
 std::vector<Compressed> compress_many(const std::vector<PairInput>& in,
                                       const CompressOptions& opt);
 

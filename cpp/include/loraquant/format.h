@@ -9,7 +9,8 @@
  *
  * where b_i (length m) and a_i (length n) are the i-th SVD component with the
  * singular value and the scaling s folded in (b_i = u_i sqrt(s sigma_i),
- * a_i = v_i sqrt(s sigma_i)). Component i is stored at width w_i bits per entry:
+ * a_i = v_i sqrt(s sigma_i)). Each vector is stored at its own width w bits per
+ * entry (b_i and a_i may differ; both are 0 or neither is):
  *
  *   w = 0    the component is dropped; nothing is stored for it.
  *   w = 1    x = code ? +alpha : -alpha              (alpha per group)
@@ -26,12 +27,14 @@
  *   lq_blob_header      48 bytes, below (not counted in avg_bits: fixed size)
  *   payload             payload_bytes bytes, all counted in avg_bits:
  *
- *     uint8  widths[r]              width of each component, 0..8
+ *     uint8  b_width[r]             width of b_i, 0..8
+ *     uint8  a_width[r]             width of a_i, 0..8 (0 exactly when b_width[i] is)
  *     uint8  b_shift[r]             group length of b_i is group_size << b_shift[i]
  *     uint8  a_shift[r]             group length of a_i is group_size << a_shift[i]
- *     uint8  pad[]                  zeros up to a multiple of 4 bytes (shifts <= 24)
+ *     uint8  pad[]                  zeros up to a multiple of 4 bytes (shifts <= 24,
+ *                                   and 0 for dropped components)
  *     float  unit                   power of two; every fp16 scale is in units of it
- *     for i in 0..r-1 with widths[i] > 0:
+ *     for i in 0..r-1 with b_width[i] > 0:
  *        vector block of b_i (length m)
  *        vector block of a_i (length n)
  *
@@ -85,7 +88,7 @@ typedef struct lq_blob_header {
   uint32_t scale_format;   /* LQ_SCALE_FORMAT_FP16 */
   uint32_t reserved0;      /* zero */
   uint64_t payload_bytes;  /* bytes that follow the header */
-  uint32_t payload_crc32;  /* CRC-32 (IEEE, reflected, as zlib) of the payload */
+  uint32_t crc32;          /* CRC-32 (IEEE, as zlib) of header bytes 0..39, then payload */
   uint32_t reserved1;      /* zero */
 } lq_blob_header;
 
@@ -118,8 +121,8 @@ LQ_HD uint64_t lq_group(uint32_t group_size, uint32_t shift) {
   return (uint64_t)group_size << shift;
 }
 
-/* Bytes before the first vector block: widths, b_shift, a_shift, pad, unit. */
-LQ_HD uint64_t lq_prefix_bytes(uint32_t r) { return lq_pad4(3u * (uint64_t)r) + 4u; }
+/* Bytes before the first vector block: b_width, a_width, b_shift, a_shift, pad, unit. */
+LQ_HD uint64_t lq_prefix_bytes(uint32_t r) { return lq_pad4(4u * (uint64_t)r) + 4u; }
 
 /* Code of entry j of a code stream of the given width. */
 LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
@@ -152,7 +155,7 @@ LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
  *   "format_version"  "1"
  *   "modules"         a JSON array, in file order, of
  *                     {"name": str, "m": int, "n": int, "r": int, "group_size": int,
- *                      "scaling": float, "widths": [int, ...]}
+ *                      "scaling": float, "widths": [[b_width, a_width], ...]}
  *                     name is the PEFT module path (state-dict key without
  *                     ".lora_A.weight"); scaling is the one folded into the codes
  *   "extras"          a JSON array of the names of extra tensors kept unchanged
@@ -160,15 +163,26 @@ LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
  *   "peft_config"     the source adapter_config.json as a JSON object ("{}" if none)
  *   "data_crc32"      CRC-32 of the whole data section, 8 lowercase hex digits
  *
- * Tensors (all offsets inside the data section, non-overlapping):
+ * Tensors (all offsets inside the data section):
  *   "lq.<name>.blob"   U8  [bytes]  the module blob: lq_blob_header + payload
  *   "lq.<name>.sigma"  F32 [r]      singular values of s B A (for inspect, not served)
- *   "<extra name>"     any dtype    an extra tensor, unchanged
+ *   "<extra name>"     any dtype    an extra tensor, unchanged (never starts "lq.")
+ * Every tensor of the file is one of these. As safetensors requires, the tensors tile
+ * the data section: sorted by offset, each begins where the one before ends, the
+ * first at 0, the last at the end of the file (no gap, no overlap). Tensor names are
+ * unique (the JSON repeats no key).
+ *
+ * The writer (python/loraquant/adapter_file.py) pads the JSON with spaces so that the
+ * data section starts at a multiple of 8 bytes and writes tensors by falling
+ * alignment (8-byte dtypes, then blobs and other 4-byte ones, then 2, then 1), so
+ * every blob starts at a multiple of 4 (its code words are uint32) and every tensor
+ * at a multiple of its item size. Readers must check alignment, not assume it.
  *
  * A reader checks: N fits the file, the JSON parses, every tensor's offsets lie in
- * the data section and match dtype x shape, data_crc32 matches, format_version is
- * "1", and each module's entry agrees with its blob header (m, n, r, group_size,
- * widths). Anything else is a format error.
+ * the data section, match dtype x shape and tile it, data_crc32 matches,
+ * format_version is "1", every tensor is a listed module's or a listed extra, and
+ * each module's entry agrees with its blob (m, n, r, group_size, widths) and
+ * its sigma has r entries. Anything else is a format error.
  */
 #define LQ_ADAPTER_FORMAT "loraquant-adapter"
 #define LQ_ADAPTER_FORMAT_VERSION "1"

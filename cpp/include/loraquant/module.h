@@ -21,7 +21,7 @@ struct Layout {
   std::vector<uint64_t> b_group, a_group;    // group length of each vector
   uint64_t payload_bytes = 0;
 };
-// `prefix` points at the payload's widths[r], b_shift[r], a_shift[r] (format.h).
+// `prefix` points at the payload's b_width[r], a_width[r], b_shift[r], a_shift[r].
 Layout make_layout(uint32_t m, uint32_t n, uint32_t r, uint32_t group, const uint8_t* prefix);
 
 class Module {
@@ -38,9 +38,9 @@ class Module {
   uint32_t n() const { return n_; }
   uint32_t r() const { return r_; }
   uint32_t group_size() const { return group_; }
-  const uint8_t* widths() const { return payload_.data(); }
-  const uint8_t* b_shifts() const { return payload_.data() + r_; }
-  const uint8_t* a_shifts() const { return payload_.data() + 2 * (size_t)r_; }
+  // Width of b_i and a_i (0 for both when component i is dropped).
+  uint32_t b_width(uint32_t i) const { return payload_[i]; }
+  uint32_t a_width(uint32_t i) const { return payload_[r_ + i]; }
   float unit() const { return unit_; }
   const std::vector<uint8_t>& payload() const { return payload_; }
   const Layout& layout() const { return layout_; }
@@ -71,7 +71,8 @@ class Module {
   Layout layout_;
 };
 
-uint32_t crc32(const uint8_t* data, size_t size);
+// CRC-32 (IEEE, as zlib); `seed` continues an earlier checksum.
+uint32_t crc32(const uint8_t* data, size_t size, uint32_t seed = 0);
 
 }  // namespace loraquant
 

@@ -1,0 +1,179 @@
+"""The safetensors container under the compressed-adapter file: header, dtypes, bounds.
+
+Only the container lives here: an 8-byte header length, a JSON header, a data section
+that the tensors tile exactly. What the tensors mean is adapter_file.py's business;
+the layout is specified at the end of cpp/include/loraquant/format.h.
+
+Reading never trusts a declared size: the header length and every tensor's offsets are
+checked against the real file size before anything is read or allocated.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+
+from ._core import FormatError
+
+#: safetensors dtype name -> (torch dtype attribute, bytes per element)
+DTYPES = {
+    "BOOL": ("bool", 1), "U8": ("uint8", 1), "I8": ("int8", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
+    "I16": ("int16", 2), "U16": ("uint16", 2), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+    "I32": ("int32", 4), "U32": ("uint32", 4), "F32": ("float32", 4),
+    "I64": ("int64", 8), "U64": ("uint64", 8), "F64": ("float64", 8),
+}
+_TORCH_TO_DTYPE = {torch_name: st for st, (torch_name, _) in DTYPES.items()}
+
+#: the same ceiling the safetensors library puts on its JSON header
+MAX_HEADER_BYTES = 100_000_000
+_LEN = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor to write: raw little-endian bytes plus how to describe them.
+
+    `align` is the byte alignment its start should get; writers order tensors by
+    falling alignment, which keeps every start aligned (each length is a multiple
+    of its own alignment).
+    """
+    name: str
+    dtype: str
+    shape: tuple
+    data: bytes
+    align: int = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor as a header declares it; begin/end are offsets in the data section."""
+    name: str
+    dtype: str
+    shape: tuple
+    begin: int
+    end: int
+
+
+def dtype_of_torch(tensor) -> str:
+    """The safetensors name of a torch tensor's dtype (TypeError if it has none)."""
+    name = str(tensor.dtype).replace("torch.", "")
+    if name not in _TORCH_TO_DTYPE:
+        raise TypeError(f"tensors of dtype torch.{name} cannot be stored in safetensors")
+    return _TORCH_TO_DTYPE[name]
+
+
+def layout(tensors: list[Tensor]) -> list[Tensor]:
+    """The write order: by falling alignment, otherwise as given (stable)."""
+    for t in tensors:
+        if len(t.data) % t.align:
+            raise ValueError(f"tensor {t.name!r}: {len(t.data)} bytes is not a multiple "
+                             f"of its alignment {t.align}")
+    return sorted(tensors, key=lambda t: -t.align)
+
+
+def encode_header(ordered: list[Tensor], metadata: dict) -> bytes:
+    """The 8-byte length plus the JSON header for tensors written back to back in
+    `ordered` order. The JSON is padded with spaces so that the data section starts
+    at a multiple of 8 bytes."""
+    header = {"__metadata__": metadata}
+    pos = 0
+    for t in ordered:
+        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape),
+                          "data_offsets": [pos, pos + len(t.data)]}
+        pos += len(t.data)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-(len(text) + _LEN.size) % 8)
+    return _LEN.pack(len(text)) + text
+
+
+def read_header(f, file_size: int) -> tuple[dict, dict, int]:
+    """Parse and check the header of an open binary file of `file_size` bytes.
+
+    Returns (entries: name -> Entry, metadata: dict of str, data_start). Every entry
+    lies inside the data section and the entries tile it with no gap or overlap.
+    """
+    if file_size < _LEN.size:
+        raise FormatError(f"file is {file_size} bytes, too short for a safetensors header")
+    (n,) = _LEN.unpack(f.read(_LEN.size))
+    if n > file_size - _LEN.size:
+        raise FormatError(f"header declares {n} bytes of JSON but the file has only "
+                          f"{file_size - _LEN.size} bytes after the length field (truncated?)")
+    if n > MAX_HEADER_BYTES:
+        raise FormatError(f"header declares {n} bytes of JSON, more than the limit "
+                          f"{MAX_HEADER_BYTES}")
+    raw = f.read(n)
+    if len(raw) != n:
+        raise FormatError(f"could read only {len(raw)} of {n} header bytes")
+    header = _parse_json(raw)
+    data_len = file_size - _LEN.size - n
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise FormatError("__metadata__ must be an object of string values")
+    entries = {name: _entry(name, desc, data_len) for name, desc in header.items()}
+    _check_tiling(entries.values(), data_len)
+    return entries, meta, _LEN.size + n
+
+
+def _parse_json(raw: bytes) -> dict:
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            dup = sorted({k for k in keys if keys.count(k) > 1})
+            raise FormatError(f"JSON header repeats the key(s) {dup}")
+        return dict(pairs)
+
+    def no_constants(word):
+        raise FormatError(f"JSON header contains {word}, which JSON does not allow")
+
+    try:
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates,
+                         parse_constant=no_constants)
+    except UnicodeDecodeError as e:
+        raise FormatError(f"JSON header is not valid UTF-8: {e}") from None
+    except json.JSONDecodeError as e:
+        raise FormatError(f"JSON header does not parse: {e}") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"JSON header must be an object, got {type(obj).__name__}")
+    return obj
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _entry(name: str, desc, data_len: int) -> Entry:
+    if not isinstance(desc, dict):
+        raise FormatError(f"tensor {name!r}: header entry must be an object")
+    dtype, shape, offs = desc.get("dtype"), desc.get("shape"), desc.get("data_offsets")
+    if dtype not in DTYPES:
+        raise FormatError(f"tensor {name!r}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise FormatError(f"tensor {name!r}: shape must be a list of non-negative "
+                          f"integers, got {shape!r}")
+    if (not isinstance(offs, list) or len(offs) != 2 or not all(_is_count(o) for o in offs)
+            or offs[0] > offs[1]):
+        raise FormatError(f"tensor {name!r}: data_offsets must be [begin, end] with "
+                          f"0 <= begin <= end, got {offs!r}")
+    begin, end = offs
+    if end > data_len:
+        raise FormatError(f"tensor {name!r}: data_offsets [{begin}, {end}] run past the "
+                          f"data section of {data_len} bytes (truncated?)")
+    nbytes = math.prod(shape) * DTYPES[dtype][1]
+    if end - begin != nbytes:
+        raise FormatError(f"tensor {name!r}: {dtype} {shape} needs {nbytes} bytes but its "
+                          f"data_offsets span {end - begin}")
+    return Entry(name, dtype, tuple(shape), begin, end)
+
+
+def _check_tiling(entries, data_len: int) -> None:
+    pos = 0
+    for e in sorted(entries, key=lambda e: (e.begin, e.end)):
+        if e.begin != pos:
+            what = "overlaps the tensor before it" if e.begin < pos else "leaves a gap before it"
+            raise FormatError(f"tensor {e.name!r} begins at {e.begin} and {what} (expected "
+                              f"{pos}): tensors must tile the data section")
+        pos = e.end
+    if pos != data_len:
+        raise FormatError(f"the data section has {data_len} bytes but the tensors cover {pos}")

@@ -1,0 +1,370 @@
+"""One compressed adapter in one file: loraquant.save and loraquant.load.
+
+The file is a safetensors container whose layout is specified at the end of
+cpp/include/loraquant/format.h (the one place it is documented). save() writes it
+atomically; load() checks sizes, offsets, the version, the CRC-32 and every module's
+blob header before it returns anything, and raises FormatError (a ValueError) naming
+the problem otherwise. Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import secrets
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import _core
+from . import _safetensors_file as st
+from ._api import QuantizedLoRA
+from ._core import FormatError
+
+FORMAT = "loraquant-adapter"      # LQ_ADAPTER_FORMAT
+FORMAT_VERSION = "1"              # LQ_ADAPTER_FORMAT_VERSION
+BLOB_ALIGN = 4                    # blobs hold uint32 code words
+_CRC_TEXT = re.compile(r"[0-9a-f]{8}")
+
+
+def blob_name(module: str) -> str:
+    return f"lq.{module}.blob"
+
+
+def sigma_name(module: str) -> str:
+    return f"lq.{module}.sigma"
+
+
+class CompressedAdapter(Mapping):
+    """A compressed adapter: module name -> QuantizedLoRA, in file order.
+
+    Module names are PEFT module paths (state-dict keys without ".lora_A.weight", for
+    example "base_model.model.model.layers.0.self_attn.q_proj").
+
+    peft_config  the source adapter_config.json as a dict ({} if none)
+    extras       name -> torch tensor kept unchanged (modules_to_save weights, LoRA
+                 biases lora_B.bias, other base-model tensors PEFT saved)
+    scalings     name -> the LoRA scaling folded into each module's codes (1.0 where
+                 not given); LoRA biases are multiplied by it when served
+    """
+
+    def __init__(self, modules, *, peft_config=None, extras=None, scalings=None):
+        if not isinstance(modules, Mapping):
+            raise TypeError(f"modules must be a mapping name -> QuantizedLoRA, "
+                            f"got {type(modules).__name__}")
+        if len(modules) == 0:
+            raise ValueError("an adapter needs at least one module")
+        for name, q in modules.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"module names must be non-empty strings, got {name!r}")
+            if not isinstance(q, QuantizedLoRA):
+                raise TypeError(f"module {name!r}: expected a QuantizedLoRA, "
+                                f"got {type(q).__name__}")
+        self._modules = dict(modules)
+        self.peft_config = {} if peft_config is None else dict(peft_config)
+        self.extras = {} if extras is None else dict(extras)
+        scalings = {} if scalings is None else dict(scalings)
+        unknown = sorted(set(scalings) - set(self._modules))
+        if unknown:
+            raise ValueError(f"scalings name modules the adapter does not have: {unknown}")
+        self.scalings = {name: float(scalings.get(name, 1.0)) for name in self._modules}
+
+    def __getitem__(self, name: str) -> QuantizedLoRA:
+        return self._modules[name]
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    @property
+    def nbytes(self) -> int:
+        """Packed bytes of all modules (every stored byte, headers not counted)."""
+        return sum(q.nbytes for q in self.values())
+
+    @property
+    def n_weights(self) -> int:
+        """Weights of the uncompressed LoRA pairs: sum of r * (m + n)."""
+        return sum(q.rank * (q.shape[0] + q.shape[1]) for q in self.values())
+
+    @property
+    def avg_bits(self) -> float:
+        """Bits per weight over the whole adapter, every stored byte counted."""
+        return 8.0 * self.nbytes / self.n_weights
+
+    def __repr__(self) -> str:
+        return (f"CompressedAdapter({len(self)} modules, avg_bits={self.avg_bits:.3f}, "
+                f"nbytes={self.nbytes}, extras={len(self.extras)})")
+
+
+# --- save -----------------------------------------------------------------------------
+
+def save(path, adapter, *, peft_config=None, extras=None, scalings=None) -> None:
+    """Write `adapter` (a CompressedAdapter, or a dict name -> QuantizedLoRA) to `path`.
+
+    Keyword arguments given here replace the adapter's own peft_config, extras and
+    scalings. The write is atomic: a temporary file in the same directory is written,
+    flushed and fsynced, then renamed over `path`; on any failure it is removed and an
+    existing file at `path` is left untouched. OS failures (read-only or full
+    destination) raise the OSError subclass with `path` in the message.
+    """
+    adapter = _as_adapter(adapter, peft_config, extras, scalings)
+    ordered = st.layout(_tensors(adapter))
+    crc = 0
+    for t in ordered:
+        crc = zlib.crc32(t.data, crc)
+    header = st.encode_header(ordered, _metadata(adapter, crc))
+    _atomic_write(os.fspath(path), [header] + [t.data for t in ordered])
+
+
+def _as_adapter(adapter, peft_config, extras, scalings) -> CompressedAdapter:
+    if isinstance(adapter, CompressedAdapter):
+        return CompressedAdapter(
+            adapter,
+            peft_config=adapter.peft_config if peft_config is None else peft_config,
+            extras=adapter.extras if extras is None else extras,
+            scalings=adapter.scalings if scalings is None else scalings)
+    return CompressedAdapter(adapter, peft_config=peft_config, extras=extras, scalings=scalings)
+
+
+def _sigma(q: QuantizedLoRA) -> np.ndarray:
+    """The module's singular values; for a module built from its bytes alone (which do
+    not carry them), those of its dequantized update."""
+    if q.singular_values is not None:
+        sigma = np.asarray(q.singular_values, dtype=np.float64)
+    else:
+        a, b = q.core.dequantize()
+        sigma = _core.thin_svd(a, b, 1.0)[0]
+    if sigma.shape != (q.rank,):
+        raise ValueError(f"singular_values has shape {sigma.shape}, expected ({q.rank},)")
+    return sigma.astype("<f4")
+
+
+def _tensors(adapter: CompressedAdapter) -> list:
+    out = []
+    for name, q in adapter.items():
+        blob = q.to_bytes()
+        out.append(st.Tensor(blob_name(name), "U8", (len(blob),), blob, BLOB_ALIGN))
+        try:
+            sigma = _sigma(q)
+        except ValueError as e:
+            raise ValueError(f"module {name!r}: {e}") from None
+        out.append(st.Tensor(sigma_name(name), "F32", (q.rank,), sigma.tobytes(), 4))
+    taken = {t.name for t in out}
+    for name, t in adapter.extras.items():
+        if not isinstance(name, str) or not name or name.startswith("lq.") or name in taken:
+            raise ValueError(f"extra tensor name {name!r} is not allowed: names must be "
+                             f"non-empty and must not start with 'lq.'")
+        out.append(_extra_tensor(name, t))
+    return out
+
+
+def _extra_tensor(name: str, t) -> st.Tensor:
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"extra {name!r} must be a torch.Tensor, got {type(t).__name__}")
+    dtype = st.dtype_of_torch(t)
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    data = flat.view(torch.uint8).numpy().tobytes()
+    return st.Tensor(name, dtype, tuple(t.shape), data, flat.element_size())
+
+
+def _metadata(adapter: CompressedAdapter, crc: int) -> dict:
+    modules = [{"name": name, "m": q.shape[0], "n": q.shape[1], "r": q.rank,
+                "group_size": q.group_size, "scaling": adapter.scalings[name],
+                "widths": [list(w) for w in q.widths]} for name, q in adapter.items()]
+    try:
+        config = json.dumps(adapter.peft_config, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"peft_config cannot be stored as JSON: {e}") from None
+    return {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "modules": json.dumps(modules, allow_nan=False),
+            "extras": json.dumps(list(adapter.extras)),
+            "peft_config": config, "data_crc32": f"{crc:08x}"}
+
+
+def _atomic_write(path: str, chunks) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise _save_error(e, path) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _save_error(e, path) from e
+        raise
+    _fsync_dir(directory)
+
+
+def _save_error(e: OSError, path: str) -> OSError:
+    msg = f"cannot save the adapter to {path}: {e.strerror or e}"
+    return type(e)(e.errno, msg) if e.errno is not None else type(e)(msg)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename durable where the platform allows it (best effort)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --- load -----------------------------------------------------------------------------
+
+def load(path) -> CompressedAdapter:
+    """Read a file written by save(). Raises FormatError naming what is wrong if the
+    file is not a valid loraquant adapter (and OSError if it cannot be read)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            return _read(f, size)
+        except FormatError as e:
+            raise FormatError(f"{path}: {e}") from None
+
+
+def _read(f, size: int) -> CompressedAdapter:
+    entries, meta, data_start = st.read_header(f, size)
+    _check_format(meta)
+    modules = [_module_entry(i, e) for i, e in enumerate(_json_field(meta, "modules", list))]
+    extras = _json_field(meta, "extras", list)
+    peft_config = _json_field(meta, "peft_config", dict)
+    crc_text = meta.get("data_crc32")
+    if not isinstance(crc_text, str) or not _CRC_TEXT.fullmatch(crc_text):
+        raise FormatError(f"data_crc32 must be 8 lowercase hex digits, got {crc_text!r}")
+    _check_names(entries, [m["name"] for m in modules], extras)
+
+    data = memoryview(f.read(size - data_start))
+    if len(data) != size - data_start:
+        raise FormatError(f"could read only {len(data)} of {size - data_start} data bytes")
+    crc = zlib.crc32(data)
+    if f"{crc:08x}" != crc_text:
+        raise FormatError(f"data CRC-32 is {crc:08x} but the header says {crc_text}: "
+                          f"the file is corrupt")
+
+    out = {}
+    for m in modules:
+        out[m["name"]] = _module(m, entries, data)
+    return CompressedAdapter(
+        out, peft_config=peft_config, scalings={m["name"]: m["scaling"] for m in modules},
+        extras={name: _torch_tensor(entries[name], data) for name in extras})
+
+
+def _check_format(meta: dict) -> None:
+    fmt = meta.get("format")
+    if fmt != FORMAT:
+        raise FormatError(f"not a loraquant adapter file: metadata 'format' is {fmt!r}, "
+                          f"expected {FORMAT!r}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise FormatError(f"format_version {version!r} is not supported; this loraquant "
+                          f"reads version {FORMAT_VERSION!r}")
+
+
+def _json_field(meta: dict, key: str, kind: type):
+    if key not in meta:
+        raise FormatError(f"metadata has no {key!r}")
+    try:
+        value = json.loads(meta[key])
+    except json.JSONDecodeError as e:
+        raise FormatError(f"metadata {key!r} is not valid JSON: {e}") from None
+    if not isinstance(value, kind):
+        raise FormatError(f"metadata {key!r} must be a JSON {kind.__name__}, "
+                          f"got {type(value).__name__}")
+    return value
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _module_entry(i: int, e) -> dict:
+    if not isinstance(e, dict):
+        raise FormatError(f"modules[{i}] must be an object")
+    name = e.get("name")
+    if not isinstance(name, str) or not name:
+        raise FormatError(f"modules[{i}]: name must be a non-empty string, got {name!r}")
+    for key in ("m", "n", "r", "group_size"):
+        if not _is_count(e.get(key)):
+            raise FormatError(f"module {name!r}: {key} must be a non-negative integer, "
+                              f"got {e.get(key)!r}")
+    s = e.get("scaling")
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+        raise FormatError(f"module {name!r}: scaling must be a finite number, got {s!r}")
+    w = e.get("widths")
+    if (not isinstance(w, list) or len(w) != e["r"]
+            or not all(isinstance(p, list) and len(p) == 2
+                       and all(_is_count(x) and x <= 8 for x in p) for p in w)):
+        raise FormatError(f"module {name!r}: widths must be {e['r']} pairs "
+                          f"[b_width, a_width] of integers in 0..8, got {w!r}")
+    return e
+
+
+def _check_names(entries: dict, modules: list, extras: list) -> None:
+    if not modules:
+        raise FormatError("the file lists no modules")
+    if len(set(modules)) != len(modules):
+        raise FormatError("a module name appears twice in 'modules'")
+    owned = set()
+    for name in modules:
+        for tensor in (blob_name(name), sigma_name(name)):
+            if tensor not in entries:
+                raise FormatError(f"module {name!r}: tensor {tensor!r} is missing")
+            owned.add(tensor)
+    for name in extras:
+        if not isinstance(name, str) or name not in entries or name in owned:
+            raise FormatError(f"extra {name!r} is not a tensor of its own in the file")
+        owned.add(name)
+    stray = sorted(set(entries) - owned)
+    if stray:
+        raise FormatError(f"tensors {stray[:5]} belong to no module and are not listed "
+                          f"as extras")
+
+
+def _module(m: dict, entries: dict, data: memoryview) -> QuantizedLoRA:
+    name = m["name"]
+    blob, sigma = entries[blob_name(name)], entries[sigma_name(name)]
+    if blob.dtype != "U8" or len(blob.shape) != 1:
+        raise FormatError(f"module {name!r}: blob must be U8 [bytes], got {blob.dtype} "
+                          f"{list(blob.shape)}")
+    if sigma.dtype != "F32" or sigma.shape != (m["r"],):
+        raise FormatError(f"module {name!r}: sigma must be F32 [{m['r']}], got "
+                          f"{sigma.dtype} {list(sigma.shape)}")
+    try:
+        q = QuantizedLoRA.from_bytes(data[blob.begin:blob.end])
+    except FormatError as e:
+        raise FormatError(f"module {name!r}: {e}") from None
+    declared = ((m["m"], m["n"]), m["r"], m["group_size"], [tuple(p) for p in m["widths"]])
+    actual = (q.shape, q.rank, q.group_size, q.widths)
+    if declared != actual:
+        raise FormatError(f"module {name!r}: its entry says (shape, r, group_size, widths) = "
+                          f"{declared} but its blob header says {actual}")
+    q.singular_values = np.frombuffer(data[sigma.begin:sigma.end], dtype="<f4").astype(np.float64)
+    return q
+
+
+def _torch_tensor(entry: st.Entry, data: memoryview):
+    import torch
+
+    dtype = getattr(torch, st.DTYPES[entry.dtype][0])
+    if entry.begin == entry.end:
+        return torch.empty(entry.shape, dtype=dtype)
+    raw = torch.frombuffer(bytearray(data[entry.begin:entry.end]), dtype=torch.uint8)
+    return raw.view(dtype).reshape(entry.shape)

@@ -1,0 +1,221 @@
+"""The `loraquant` command (also `python -m loraquant`).
+
+    loraquant compress ADAPTER_DIR OUT [--bits 2 | --rho R [--high-bits H]] [--group-size G]
+    loraquant inspect FILE [--plot OUT.png] [--probe]
+    loraquant export FILE OUT_DIR [--dtype float32] [--force]
+
+Each subcommand is an `add_<name>(subparsers)` function that registers its parser and
+its `run` function; to add one, write another and list it in SUBCOMMANDS. Errors of
+the library (ValueError, FormatError, TypeError, OSError, a missing optional
+dependency) become one line on stderr and exit status 1, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+from ._core import FormatError
+from .adapter_file import load, save
+from .peft_io import EXPORT_DTYPES, LORA_BIAS, PREFIX, compress_peft, export_peft, read_peft_dir
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+# --- compress -----------------------------------------------------------------------
+
+def add_compress(sub) -> None:
+    p = sub.add_parser("compress", help="compress a PEFT LoRA adapter directory into one file",
+                       description="Compress every LoRA module of a PEFT adapter directory "
+                                   "under one budget and write one .lqa file.")
+    p.add_argument("adapter_dir", help="PEFT directory: adapter_config.json and "
+                                       "adapter_model.safetensors (or .bin)")
+    p.add_argument("out", help="the compressed file to write")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--bits", type=float, help="average bits per weight over the whole "
+                      "adapter, every stored byte counted (default 2)")
+    mode.add_argument("--rho", type=float, help="paper mode: the leading components holding "
+                      "this share of the energy get --high-bits, the rest 1 bit")
+    p.add_argument("--high-bits", type=int, help="paper mode: width of the head (default 2)")
+    p.add_argument("--group-size", type=int, default=128, help="entries per quantization "
+                   "group (default 128)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_compress)
+
+
+def run_compress(args) -> int:
+    src = read_peft_dir(args.adapter_dir)
+    adapter = compress_peft(src, bits=args.bits, rho=args.rho, high_bits=args.high_bits,
+                            group_size=args.group_size, progress=not args.quiet)
+    save(args.out, adapter)
+    print(compress_summary(src, adapter, os.path.getsize(args.out), args.out))
+    return 0
+
+
+def _size(nbytes: int) -> str:
+    """Bytes in B, KiB, MiB or GiB."""
+    i = min(int(math.log(max(nbytes, 1), 1024)), 3)
+    return f"{nbytes} B" if i == 0 else f"{nbytes / 1024 ** i:.1f} {('KiB', 'MiB', 'GiB')[i - 1]}"
+
+
+def error_summary(adapter) -> tuple[float, float, str]:
+    """(overall relative error, worst module's, its name).
+
+    overall = sqrt(sum_i err_i^2) / sqrt(sum_i |dW_i|_F^2), err_i the absolute
+    Frobenius error of module i, |dW_i|_F from its singular values.
+    """
+    err2 = norm2 = 0.0
+    worst, worst_name = -1.0, ""
+    for name, q in adapter.items():
+        if q.rel_error is None or q.singular_values is None:
+            continue
+        n2 = float((q.singular_values ** 2).sum())
+        err2 += q.rel_error ** 2 * n2
+        norm2 += n2
+        if q.rel_error > worst:
+            worst, worst_name = q.rel_error, name
+    overall = math.sqrt(err2 / norm2) if norm2 > 0 else float("nan")
+    return overall, worst, worst_name
+
+
+def compress_summary(src, adapter, file_bytes: int, out: str) -> str:
+    fp16 = 2 * adapter.n_weights
+    overall, worst, worst_name = error_summary(adapter)
+    n_bias = sum(k.endswith(LORA_BIAS) for k in adapter.extras)
+    lines = [
+        f"compressed {len(adapter)} LoRA modules: {src.path} -> {out}",
+        f"  bits/weight  {adapter.avg_bits:.3f} on average (every stored byte counted)",
+        f"  size         fp16 {_size(fp16)}, as stored ({'/'.join(src.stored_dtypes)}) "
+        f"{_size(src.stored_bytes)} -> packed {_size(adapter.nbytes)} "
+        f"({fp16 / adapter.nbytes:.1f}x smaller than fp16); file {_size(file_bytes)}",
+        f"  extras       {len(adapter.extras)} tensors kept unchanged ({n_bias} LoRA biases, "
+        f"{len(adapter.extras) - n_bias} others: modules_to_save weights, trained biases)",
+        f"  rel. error   {overall:.4f} overall (|dW - dW_hat|_F / |dW|_F over all modules); "
+        f"worst {worst:.4f} in {worst_name}",
+    ]
+    return "\n".join(lines)
+
+
+# --- inspect ------------------------------------------------------------------------
+
+def add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="list the modules of a compressed file",
+                       description="Print a table of the modules of a compressed file.")
+    p.add_argument("file")
+    p.add_argument("--plot", metavar="PNG", help="also draw each module's singular values "
+                   "with the width chosen per component")
+    p.add_argument("--probe", action="store_true", help="print only `NAME NORM` per module: "
+                   "the norm of the packed update applied to the fixed probe vector")
+    p.set_defaults(run=run_inspect)
+
+
+def widths_text(widths) -> str:
+    """Run-length form of (b, a) width pairs: [(3,3), (2,2), (2,2), (2,1), (0,0)] ->
+    "3 2x2 2/1 0" (b/a where the two factors differ)."""
+    runs = []
+    for b, a in widths:
+        w = f"{b}" if b == a else f"{b}/{a}"
+        if runs and runs[-1][0] == w:
+            runs[-1][1] += 1
+        else:
+            runs.append([w, 1])
+    return " ".join(f"{w}x{k}" if k > 1 else f"{w}" for w, k in runs)
+
+
+def inspect_table(adapter, path: str) -> str:
+    rows = [(name[len(PREFIX):] if name.startswith(PREFIX) else name,
+             f"{q.shape[0]}x{q.shape[1]}", str(q.rank), widths_text(q.widths),
+             f"{q.avg_bits:.3f}", str(q.nbytes)) for name, q in adapter.items()]
+    head = ("module", "m x n", "rank", "widths", "bits", "bytes")
+    size = [max(len(c) for c in col) for col in zip(head, *rows)]
+
+    def fmt(row):  # text columns (module, widths) left, numbers right
+        return "  ".join(c.ljust(s) if i in (0, 3) else c.rjust(s)
+                         for i, (c, s) in enumerate(zip(row, size))).rstrip()
+
+    lines = [f"{path}: {len(adapter)} modules, {adapter.avg_bits:.3f} bits/weight, "
+             f"{_size(adapter.nbytes)} packed, {len(adapter.extras)} extras "
+             f"(names below drop '{PREFIX}')", fmt(head)]
+    lines += [fmt(r) for r in rows]
+    lines.append("widths: bits per SVD component, strongest first; 2x3 = three "
+                 "components at 2 bits, 3/2 = b at 3 bits and a at 2, 0 = dropped")
+    return "\n".join(lines)
+
+
+def run_inspect(args) -> int:
+    adapter = load(args.file)
+    if args.probe:
+        for name, q in adapter.items():
+            print(f"{name} {q.core.probe_norm():.8g}")
+        return 0
+    print(inspect_table(adapter, args.file))
+    if args.plot:
+        from .spectrum_plot import plot_spectra
+
+        plot_spectra(adapter, args.plot, title=os.path.basename(args.file))
+        print(f"wrote {args.plot}")
+    return 0
+
+
+# --- export -------------------------------------------------------------------------
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a dequantized standard PEFT adapter directory",
+                       description="Write a PEFT LoRA directory (adapter_config.json, "
+                                   "adapter_model.safetensors) with the dequantized weights.")
+    p.add_argument("file")
+    p.add_argument("out_dir")
+    p.add_argument("--dtype", choices=EXPORT_DTYPES, default="float32")
+    p.add_argument("--force", action="store_true", help="replace adapter files in OUT_DIR")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args) -> int:
+    adapter = load(args.file)
+    out = export_peft(adapter, args.out_dir, dtype=args.dtype, overwrite=args.force)
+    print(f"wrote {out}: {len(adapter)} LoRA modules as {args.dtype}")
+    return 0
+
+
+# --- entry point --------------------------------------------------------------------
+
+def add_demo(sub) -> None:
+    from . import demo
+    p = sub.add_parser("demo", help="compress a small synthetic adapter and report bits, "
+                       "size and error", description=demo.__doc__.splitlines()[0])
+    demo.add_arguments(p)
+    p.set_defaults(run=demo.run_args)
+
+
+SUBCOMMANDS = (add_compress, add_inspect, add_export, add_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loraquant", description="Compress LoRA adapters to about 2 bits per weight "
+                                      "and serve them from the packed form.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (FormatError, ValueError, TypeError, OSError) as e:
+        print(f"loraquant {args.command}: error: {_one_line(e)}", file=sys.stderr)
+    except ImportError as e:
+        print(f"loraquant {args.command}: error: a dependency is missing ({_one_line(e)}); "
+              f"install loraquant[hf]", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"loraquant {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR
