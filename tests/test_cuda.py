@@ -128,8 +128,8 @@ def test_registry_decodes_like_dequantize(m, n):
 
 MODULE_DT = np.dtype([("m", "<u4"), ("n", "<u4"), ("r", "<u4"), ("live", "<u4"),
                       ("comp_begin", "<u4"), ("unit", "<f4"), ("payload", "<u8")])
-COMP_DT = np.dtype([("block", "<u8", 2), ("group", "<u4", 2), ("width", "u1"),
-                    ("log2_group", "u1", 2), ("reserved", "u1"), ("slot", "<u4")])
+COMP_DT = np.dtype([("block", "<u8", 2), ("group", "<u4", 2), ("width", "u1", 2),
+                    ("log2_group", "u1", 2), ("slot", "<u4")])
 
 
 def test_registry_layout():
@@ -140,7 +140,7 @@ def test_registry_layout():
     assert (count, m, n) == (4, 129, 127)
     assert MODULE_DT.itemsize == 32 and COMP_DT.itemsize == 32
     mods = np.frombuffer(buf[:32 * count].tobytes(), MODULE_DT)
-    lives = [sum(w > 0 for w in q.widths) for q in qs]
+    lives = [sum(wb > 0 for wb, _ in q.widths) for q in qs]
     assert max_live == max(lives) and comps_offset % 16 == 0
     comps = np.frombuffer(buf[comps_offset:comps_offset + 32 * sum(lives)].tobytes(), COMP_DT)
     for k, q in enumerate(qs):
@@ -150,9 +150,9 @@ def test_registry_layout():
         payload = q.core.payload()
         assert buf[d["payload"]:d["payload"] + len(payload)].tobytes() == payload  # verbatim
         mine = comps[d["comp_begin"]:d["comp_begin"] + d["live"]]
-        live_slots = [i for i, w in enumerate(q.widths) if w > 0]
+        live_slots = [i for i, (wb, _) in enumerate(q.widths) if wb > 0]
         assert list(mine["slot"]) == live_slots
-        assert list(mine["width"]) == [q.widths[i] for i in live_slots]
+        assert [tuple(w) for w in mine["width"]] == [tuple(q.widths[i]) for i in live_slots]
         assert (mine["block"] % 4 == 0).all() and (mine["block"] >= d["payload"]).all()
         for c in mine:
             for g, lg, length in zip(c["group"], c["log2_group"], (129, 127)):

@@ -56,7 +56,7 @@ Registry::Registry(const std::vector<const Module*>& modules) {
                                   ") does not match module 0 (" + shape(first) +
                                   "): a registry holds one layer's modules");
     uint32_t live = 0;
-    for (uint32_t i = 0; i < mod.r(); ++i) live += mod.widths()[i] > 0;
+    for (uint32_t i = 0; i < mod.r(); ++i) live += mod.b_width(i) > 0;
     if (live > LQ_CUDA_MAX_LIVE)
       throw std::invalid_argument("module " + std::to_string(k) + " (" + shape(mod) + ") has " +
                                   std::to_string(live) + " live components; the kernels take " +
@@ -82,13 +82,14 @@ Registry::Registry(const std::vector<const Module*>& modules) {
     d.payload = at;
     d.comp_begin = (uint32_t)comps.size();
     for (uint32_t i = 0; i < mod.r(); ++i) {
-      if (mod.widths()[i] == 0) continue;
+      if (mod.b_width(i) == 0) continue;  // a_width is 0 exactly then too
       lq_cuda_comp c{};
       c.block[LQ_CUDA_B] = at + (uint64_t)(mod.b_block(i) - mod.payload().data());
       c.block[LQ_CUDA_A] = at + (uint64_t)(mod.a_block(i) - mod.payload().data());
       set_group(mod.b_group(i), mod.m(), &c.group[LQ_CUDA_B], &c.log2_group[LQ_CUDA_B]);
       set_group(mod.a_group(i), mod.n(), &c.group[LQ_CUDA_A], &c.log2_group[LQ_CUDA_A]);
-      c.width = mod.widths()[i];
+      c.width[LQ_CUDA_B] = (uint8_t)mod.b_width(i);
+      c.width[LQ_CUDA_A] = (uint8_t)mod.a_width(i);
       c.slot = i;
       comps.push_back(c);
     }

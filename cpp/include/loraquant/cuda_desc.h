@@ -13,7 +13,7 @@
  *   payloads                             each module's payload (format.h), at a
  *                                        multiple of 16
  *
- * Only live components (width > 0) get a lq_cuda_comp; a module's live components are
+ * Only live components (widths > 0) get a lq_cuda_comp; a module's live components are
  * comps[comp_begin .. comp_begin + live - 1], in payload order. The kernels number a
  * module's intermediate values t_c = a_c . x by c, the live index.
  */
@@ -48,13 +48,13 @@ typedef struct lq_cuda_module {
   uint64_t payload;     /* offset of its payload (format.h) */
 } lq_cuda_module;
 
-/* One live component i of a module: where b_i and a_i lie. 32 bytes. */
+/* One live component i of a module: where b_i and a_i lie. Pairs are indexed by
+ * LQ_CUDA_B and LQ_CUDA_A. 32 bytes. */
 typedef struct lq_cuda_comp {
   uint64_t block[2];      /* offsets of the vector blocks of b_i and a_i (scales first) */
   uint32_t group[2];      /* their group lengths, clamped to the vector length (same groups) */
-  uint8_t width;          /* bits per entry, 1..8 */
+  uint8_t width[2];       /* their bits per entry, 1..8 each */
   uint8_t log2_group[2];  /* log2 of group[k], or LQ_CUDA_NOT_POW2 */
-  uint8_t reserved;       /* zero */
   uint32_t slot;          /* i: its row of A_hat and column of B_hat */
 } lq_cuda_comp;
 
@@ -89,9 +89,9 @@ LQ_HD lq_cuda_vec lq_cuda_vector(const uint8_t* buf, const lq_cuda_module* mod,
   const uint64_t len = which == LQ_CUDA_B ? mod->m : mod->n;
   const uint8_t* blk = buf + c->block[which];
   v.scales = (const uint16_t*)blk;
-  v.words = (const uint32_t*)(blk + lq_pad4(lq_scale_bytes(len, c->width, c->group[which])));
+  v.words = (const uint32_t*)(blk + lq_pad4(lq_scale_bytes(len, c->width[which], c->group[which])));
   v.group = c->group[which];
-  v.width = c->width;
+  v.width = c->width[which];
   v.log2_group = c->log2_group[which];
   v.unit = mod->unit;
   return v;
