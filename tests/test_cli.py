@@ -366,3 +366,37 @@ def test_demo_runs_and_reports_every_budget(capsys):
 def test_demo_rejects_bad_sizes(capsys):
     status, _, err = run_main(capsys, "demo", "--rank", "0")
     assert status != 0 and "--rank must be at least 1" in err
+
+
+def _vllm_module_name(key: str):
+    """The rule vLLM's LoRA loader applies to a tensor name: strip `base_model.model.`,
+    then `<module>.lora_A.weight` / `<module>.lora_B.weight` (anything else is refused)."""
+    parts = key.split(".")
+    start = 2 if key.startswith("base_model.model.") else 0
+    if parts[-1] == "weight" and parts[-2] in ("lora_A", "lora_B"):
+        return ".".join(parts[start:-2]), parts[-2]
+    if parts[-1] == "bias":  # a LoRA bias: `<module>.lora_B.bias`
+        return ".".join(parts[start:-2]), "bias"
+    raise ValueError(f"{key} is not a LoRA weight name")
+
+
+def test_export_follows_the_lora_loader_naming_rules(compressed, tmp_path, capsys):
+    """vLLM cannot run here (no GPU); check the exported directory against the rules its
+    loader applies: tensor names, A/B shapes against r, target module suffixes."""
+    out = tmp_path / "for-serving"
+    status, _, _ = run_main(capsys, "export", compressed[0], out)
+    assert status == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and not config.get("use_dora")
+    assert isinstance(config["r"], int) and config["lora_alpha"] == config["r"]
+    tensors = load_file(out / "adapter_model.safetensors")
+    seen = {}
+    for key, t in tensors.items():
+        if ".lora_" not in key:
+            continue  # modules_to_save / biases are kept as PEFT stores them
+        module, which = _vllm_module_name(key)
+        assert module.split(".")[-1] in config["target_modules"], key
+        seen.setdefault(module, {})[which] = t
+    assert seen and all({"lora_A", "lora_B"} <= set(v) for v in seen.values())
+    for module, ab in seen.items():
+        assert ab["lora_A"].shape[0] == config["r"] == ab["lora_B"].shape[1], module

@@ -85,6 +85,10 @@ std::vector<uint8_t> from_buffer(const py::buffer& b) {
 
 }  // namespace
 
+#ifdef LORAQUANT_CUDA_BINDINGS
+void bind_cuda(py::module_& m);  // bindings_cuda.cpp
+#endif
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "loraquant core: thin SVD, per-component mixed precision, packed LoRA modules";
   py::register_exception<lq::FormatError>(m, "FormatError", PyExc_ValueError);
@@ -307,4 +311,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("BLOB_HEADER_BYTES") = sizeof(lq_blob_header);
   m.attr("MAX_RANK") = LQ_MAX_RANK;
   m.attr("MAX_DIM") = LQ_MAX_DIM;
+#ifdef LORAQUANT_CUDA_BINDINGS
+  bind_cuda(m);
+#endif
 }

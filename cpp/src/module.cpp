@@ -153,18 +153,20 @@ void Module::dequantize(float* A_hat, float* B_hat) const {
 }
 
 double Module::probe_norm() const {
-  std::vector<float> A((size_t)r_ * n_), B((size_t)m_ * r_);
-  dequantize(A.data(), B.data());
-  std::vector<double> x(n_), t(r_, 0.0);
+  // One component at a time: O(m + n) memory whatever r the header declares.
+  std::vector<double> x(n_), y(m_, 0.0);
+  std::vector<float> va(n_), vb(m_);
   for (uint32_t j = 0; j < n_; ++j) x[j] = std::sin((double)j + 1.0);
-  for (uint32_t i = 0; i < r_; ++i)
-    for (uint32_t j = 0; j < n_; ++j) t[i] += (double)A[(size_t)i * n_ + j] * x[j];
-  double ss = 0;
-  for (uint32_t k = 0; k < m_; ++k) {
-    double y = 0;
-    for (uint32_t i = 0; i < r_; ++i) y += (double)B[(size_t)k * r_ + i] * t[i];
-    ss += y * y;
+  for (uint32_t i = 0; i < r_; ++i) {
+    if (b_width(i) == 0) continue;
+    decode_vector(a_block(i), n_, a_width(i), a_group(i), unit_, va.data());
+    decode_vector(b_block(i), m_, b_width(i), b_group(i), unit_, vb.data());
+    double t = 0;
+    for (uint32_t j = 0; j < n_; ++j) t += (double)va[j] * x[j];
+    for (uint32_t k = 0; k < m_; ++k) y[k] += (double)vb[k] * t;
   }
+  double ss = 0;
+  for (uint32_t k = 0; k < m_; ++k) ss += y[k] * y[k];
   return std::sqrt(ss);
 }
 

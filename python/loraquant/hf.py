@@ -26,15 +26,18 @@ from .peft_io import LORA_BIAS, PREFIX, check_lora_config
 def packed_delta(q: QuantizedLoRA, x: torch.Tensor) -> torch.Tensor:
     """x @ dW_hat^T from the packed codes, in x's dtype and on x's device.
 
-    This is the one place that picks a kernel by device. Today only the CPU kernel
-    (QuantizedLoRA.apply) is wired in; a CUDA kernel plugs in here, behind
-    `_core.build_info()["cuda"]`.
+    This is the one place that picks a kernel by device: the CPU kernel
+    (QuantizedLoRA.apply) on the CPU, the CUDA kernels (cuda_ops.apply) on a GPU where
+    this build has them (`_core.build_info()["cuda"]`).
     """
     if x.device.type == "cpu":
         return q.apply(x)
+    if x.device.type == "cuda" and _core.build_info()["cuda"]:
+        from . import cuda_ops
+        return cuda_ops.apply(q, x)
     raise NotImplementedError(
-        f"packed LoRA on {x.device} is not available yet: the Python layer runs the CPU "
-        f"kernel only (this build: cuda={bool(_core.build_info()['cuda'])}). Keep the model "
+        f"packed LoRA on {x.device} is not available: this build has the CPU kernel "
+        f"and cuda={bool(_core.build_info()['cuda'])}. Keep the model "
         f"on the CPU, or serve a dequantized copy made with `loraquant export`.")
 
 

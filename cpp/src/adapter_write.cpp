@@ -1,0 +1,164 @@
+// Writer of the compressed-adapter file (format.h): validate, lay out, checksum, write.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <unordered_set>
+
+#include "adapter_names.h"
+#include "file_io.h"
+#include "json.h"
+#include "loraquant/adapter_file.h"
+#include "loraquant/format.h"
+
+namespace loraquant {
+
+namespace names = adapter_names;
+
+namespace {
+
+[[noreturn]] void invalid(const std::string& what) {
+  throw std::invalid_argument("cannot write the adapter: " + what);
+}
+
+// One tensor of the output, before offsets are assigned.
+struct Pending {
+  std::string name;
+  std::string dtype;
+  std::vector<uint64_t> shape;
+  const uint8_t* data;
+  size_t size;
+  size_t align;  // tensors go by falling alignment, so every one starts aligned
+};
+
+// Blobs hold uint32 code words: they are placed as 4-byte items (format.h).
+constexpr size_t kBlobAlign = 4;
+
+void check_name(const std::string& name, const std::string& what,
+                std::unordered_set<std::string>& taken) {
+  if (name.empty()) invalid(what + " has an empty name");
+  if (!json::valid_utf8(name)) invalid(what + " name is not valid UTF-8");
+  if (name == names::kMetadata) invalid(what + " may not be called __metadata__");
+  if (!taken.insert(name).second) invalid("the tensor name '" + name + "' is used twice (" + what + ")");
+}
+
+json::Value module_entry(const AdapterModule& am) {
+  const Module& mod = am.module;
+  json::Value widths = json::Value::array();
+  for (uint32_t i = 0; i < mod.r(); ++i)
+    widths.push(json::Value::array()
+                    .push(json::Value::number((uint64_t)mod.b_width(i)))
+                    .push(json::Value::number((uint64_t)mod.a_width(i))));
+  json::Value e = json::Value::object();
+  e.add("name", json::Value::string(am.name))
+      .add("m", json::Value::number((uint64_t)mod.m()))
+      .add("n", json::Value::number((uint64_t)mod.n()))
+      .add("r", json::Value::number((uint64_t)mod.r()))
+      .add("group_size", json::Value::number((uint64_t)mod.group_size()))
+      .add("scaling", json::Value::number(am.scaling))
+      .add("widths", std::move(widths));
+  return e;
+}
+
+std::string peft_config_text(const std::string& text) {
+  if (text.empty()) return "{}";
+  json::Value v;
+  try {
+    v = json::parse(text);
+  } catch (const FormatError& e) {
+    invalid(std::string("peft_config_json is not valid JSON: ") + e.what());
+  }
+  if (v.kind != json::Value::Object) invalid("peft_config_json must be a JSON object");
+  return text;
+}
+
+std::string hex8(uint32_t v) {
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08x", v);
+  return buf;
+}
+
+}  // namespace
+
+std::vector<uint8_t> serialize_adapter(const Adapter& a) {
+  std::unordered_set<std::string> taken;
+  std::vector<std::vector<uint8_t>> blobs;  // keeps each module's bytes alive
+  std::vector<Pending> tensors;
+  json::Value modules = json::Value::array(), extras = json::Value::array();
+  blobs.reserve(a.modules.size());
+
+  if (a.modules.empty()) invalid("an adapter needs at least one module");
+  for (const AdapterModule& am : a.modules) {
+    const std::string what = "module '" + am.name + "'";
+    if (am.module.r() == 0) invalid(what + " holds no module (default-constructed)");
+    if (!std::isfinite(am.scaling)) invalid(what + " has a non-finite scaling");
+    if (am.sigma.size() != am.module.r())
+      invalid(what + " has " + std::to_string(am.sigma.size()) + " singular values for rank " +
+              std::to_string(am.module.r()));
+    check_name(am.name, what, taken);
+    const std::string blob = names::blob_tensor(am.name), sigma = names::sigma_tensor(am.name);
+    check_name(blob, what, taken);
+    check_name(sigma, what, taken);
+    blobs.push_back(am.module.to_bytes());
+    tensors.push_back({blob, "U8", {blobs.back().size()}, blobs.back().data(), blobs.back().size(), kBlobAlign});
+    tensors.push_back({sigma, "F32", {am.sigma.size()},
+                       reinterpret_cast<const uint8_t*>(am.sigma.data()), am.sigma.size() * 4, 4});
+    modules.push(module_entry(am));
+  }
+  for (const AdapterExtra& x : a.extras) {
+    const std::string what = "extra '" + x.name + "'";
+    if (x.name.rfind("lq.", 0) == 0) invalid(what + ": extra names must not start with 'lq.'");
+    check_name(x.name, what, taken);
+    const size_t item = dtype_size(x.dtype);
+    if (item == 0) invalid(what + " has unknown dtype '" + x.dtype + "'");
+    uint64_t numel = 1;
+    for (uint64_t d : x.shape) {
+      if (d != 0 && numel > UINT64_MAX / d / item) invalid(what + " shape overflows");
+      numel *= d;
+    }
+    if (numel * item != x.data.size())
+      invalid(what + " has " + std::to_string(x.data.size()) + " bytes but " + x.dtype +
+              " of its shape needs " + std::to_string(numel * item));
+    tensors.push_back({x.name, x.dtype, x.shape, x.data.data(), x.data.size(), item});
+    extras.push(json::Value::string(x.name));
+  }
+  const std::string peft = peft_config_text(a.peft_config_json);
+
+  std::stable_sort(tensors.begin(), tensors.end(),
+                   [](const Pending& p, const Pending& q) { return p.align > q.align; });
+  std::vector<uint8_t> data;
+  json::Value header = json::Value::object();
+  header.add(names::kMetadata, json::Value::object());  // filled below, once the crc is known
+  for (const Pending& t : tensors) {
+    json::Value shape = json::Value::array();
+    for (uint64_t d : t.shape) shape.push(json::Value::number(d));
+    json::Value offsets = json::Value::array();
+    offsets.push(json::Value::number((uint64_t)data.size()));
+    data.insert(data.end(), t.data, t.data + t.size);
+    offsets.push(json::Value::number((uint64_t)data.size()));
+    json::Value entry = json::Value::object();
+    entry.add("dtype", json::Value::string(t.dtype)).add("shape", std::move(shape)).add("data_offsets", std::move(offsets));
+    header.add(t.name, std::move(entry));
+  }
+  header.members[0].second.add(names::kFormat, json::Value::string(LQ_ADAPTER_FORMAT))
+      .add(names::kFormatVersion, json::Value::string(LQ_ADAPTER_FORMAT_VERSION))
+      .add(names::kModules, json::Value::string(json::dump(modules)))
+      .add(names::kExtras, json::Value::string(json::dump(extras)))
+      .add(names::kPeftConfig, json::Value::string(peft))
+      .add(names::kDataCrc32, json::Value::string(hex8(crc32(data.data(), data.size()))));
+
+  std::string text = json::dump(header);
+  text.append((8 - text.size() % 8) % 8, ' ');  // the data section starts 8-byte aligned
+  std::vector<uint8_t> out(8 + text.size() + data.size());
+  for (int k = 0; k < 8; ++k) out[k] = (uint8_t)((uint64_t)text.size() >> (8 * k));
+  std::memcpy(out.data() + 8, text.data(), text.size());
+  if (!data.empty()) std::memcpy(out.data() + 8 + text.size(), data.data(), data.size());
+  return out;
+}
+
+void write_adapter_file(const std::string& path, const Adapter& adapter) {
+  const std::vector<uint8_t> bytes = serialize_adapter(adapter);
+  write_file_atomic(path, bytes.data(), bytes.size());
+}
+
+}  // namespace loraquant
