@@ -24,7 +24,7 @@ BUILD = ROOT / "build" / "fuzz"
 CORPUS = ROOT / "build" / "fuzz-corpus"
 ARTIFACTS = ROOT / "build" / "fuzz-artifacts"
 #: libFuzzer targets (fuzz/CMakeLists.txt) and the seed folder of each
-TARGETS = {"blob": "blob", "compress": "compress"}
+TARGETS = {"adapter": "adapter", "blob": "blob", "compress": "compress"}
 #: an input slower than this is reported as a hang
 HANG_SECONDS = 10
 RSS_LIMIT_MB = 2048
@@ -40,9 +40,10 @@ def configure_args(build_dir: Path, clang: bool) -> list[str]:
             "-DLORAQUANT_FUZZ=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
             # -O1 compiles the Eigen-heavy core about twice as fast as -O2 and keeps
             # the sanitizers' stack traces exact
-            "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g"]
+            "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g", "-DLORAQUANT_PYTHON=OFF",
+            "-DLORAQUANT_CUDA=OFF", f"-DPython_EXECUTABLE={sys.executable}"]
     if clang:
-        args += ["-DCMAKE_CXX_COMPILER=clang++",
+        args += ["-DCMAKE_CXX_COMPILER=clang++", "-DCMAKE_C_COMPILER=clang",
                  "-DCMAKE_CXX_FLAGS=-fsanitize=fuzzer-no-link"]
     if (ROOT / "cpp" / "tests").is_dir():
         args.append("-DLORAQUANT_TESTS=ON")

@@ -1,16 +1,17 @@
 // lq_sanitize_check: every fuzz target over a fixed, deterministic set of inputs, for
 // builds with AddressSanitizer and UBSan (tests/test_sanitizers.py). Valid blobs of
-// several shapes, each truncation, byte flips and hostile 32-bit values of them, and
-// compress() over pseudo-random pairs of extreme magnitudes.
+// several shapes and an adapter file of them, each truncation, byte flips and hostile
+// 32-bit values of them, and compress() over pseudo-random pairs of extreme magnitudes.
 //
 //   lq_sanitize_check                        the fixed set
-//   lq_sanitize_check blob|compress FILE...  replay files (e.g. a libFuzzer crash)
+//   lq_sanitize_check adapter|blob|compress FILE...  replay files (e.g. a libFuzzer crash)
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 
+#include "loraquant/adapter_file.h"
 #include "loraquant/compress.h"
 #include "loraquant/format.h"
 #include "targets.h"
@@ -53,27 +54,46 @@ std::vector<uint8_t> valid_blob(const Shape& s) {
   return c.module.to_bytes();
 }
 
-void blob_mutations(const std::vector<uint8_t>& blob) {
-  run(lq_fuzz::fuzz_blob, blob);
-  for (size_t k = 0; k < blob.size(); ++k)
-    run(lq_fuzz::fuzz_blob, std::vector<uint8_t>(blob.begin(), blob.begin() + k));
-  for (size_t k = 0; k < blob.size(); ++k)
-    for (uint8_t v : {uint8_t(0x00), uint8_t(0xFF), uint8_t(blob[k] ^ 0x01), uint8_t(blob[k] + 8)}) {
-      std::vector<uint8_t> b = blob;
+// The input, each truncation, four changes of every byte, hostile 32-bit values at
+// every multiple of `word_step`, and four bytes more.
+void mutations(void (*target)(const uint8_t*, size_t), const std::vector<uint8_t>& seed,
+               size_t word_step) {
+  run(target, seed);
+  for (size_t k = 0; k < seed.size(); ++k)
+    run(target, std::vector<uint8_t>(seed.begin(), seed.begin() + k));
+  for (size_t k = 0; k < seed.size(); ++k)
+    for (uint8_t v : {uint8_t(0x00), uint8_t(0xFF), uint8_t(seed[k] ^ 0x01), uint8_t(seed[k] + 8)}) {
+      std::vector<uint8_t> b = seed;
       b[k] = v;
-      run(lq_fuzz::fuzz_blob, b);
+      run(target, b);
     }
   const uint32_t hostile[] = {0, 1, 9, 25, LQ_MAX_RANK + 1, LQ_MAX_DIM, LQ_MAX_DIM + 1,
                               1u << 31, 0xFFFFFFFFu};
-  for (size_t k = 0; k + 4 <= blob.size(); k += 4)
+  for (size_t k = 0; k + 4 <= seed.size(); k += word_step)
     for (uint32_t v : hostile) {
-      std::vector<uint8_t> b = blob;
+      std::vector<uint8_t> b = seed;
       std::memcpy(b.data() + k, &v, 4);
-      run(lq_fuzz::fuzz_blob, b);
+      run(target, b);
     }
-  std::vector<uint8_t> longer = blob;
+  std::vector<uint8_t> longer = seed;
   longer.insert(longer.end(), 4, 0);
-  run(lq_fuzz::fuzz_blob, longer);
+  run(target, longer);
+}
+
+// A file of every seed shape's module, named as PEFT names them, and an extra.
+std::vector<uint8_t> valid_file(const std::vector<std::vector<uint8_t>>& blobs) {
+  lq::Adapter a;
+  for (size_t k = 0; k < blobs.size(); ++k) {
+    lq::AdapterModule m;
+    m.name = "base_model.model.layers." + std::to_string(k) + ".proj";
+    m.scaling = 0.5 + (double)k;
+    m.module = lq::Module::from_bytes(blobs[k].data(), blobs[k].size());
+    m.sigma.assign(m.module.r(), 1.0f);
+    a.modules.push_back(std::move(m));
+  }
+  a.extras.push_back({"base_model.model.lm_head.weight", "F16", {2, 3}, std::vector<uint8_t>(12, 0x3c)});
+  a.peft_config_json = "{\"peft_type\":\"LORA\",\"r\":8}";
+  return lq::serialize_adapter(a);
 }
 
 // Inputs that once failed, each with what it found.
@@ -109,10 +129,11 @@ void compress_inputs() {
 
 int replay(const char* target, int nfiles, char** files) {
   void (*fn)(const uint8_t*, size_t) = nullptr;
+  if (std::strcmp(target, "adapter") == 0) fn = lq_fuzz::fuzz_adapter;
   if (std::strcmp(target, "blob") == 0) fn = lq_fuzz::fuzz_blob;
   if (std::strcmp(target, "compress") == 0) fn = lq_fuzz::fuzz_compress;
   if (!fn) {
-    std::fprintf(stderr, "unknown target %s (blob, compress)\n", target);
+    std::fprintf(stderr, "unknown target %s (adapter, blob, compress)\n", target);
     return 2;
   }
   for (int i = 0; i < nfiles; ++i) {
@@ -132,7 +153,10 @@ int replay(const char* target, int nfiles, char** files) {
 int main(int argc, char** argv) {
   if (argc >= 2) return replay(argv[1], argc - 2, argv + 2);
   for (const Regression& r : kRegressions) run(r.target, r.bytes);
-  for (const Shape& s : kShapes) blob_mutations(valid_blob(s));
+  std::vector<std::vector<uint8_t>> blobs;
+  for (const Shape& s : kShapes) blobs.push_back(valid_blob(s));
+  for (const auto& b : blobs) mutations(lq_fuzz::fuzz_blob, b, 4);
+  mutations(lq_fuzz::fuzz_adapter, valid_file({blobs[0], blobs[2]}), 8);
   compress_inputs();
   std::printf("lq_sanitize_check: %zu inputs, no failure\n", g_inputs);
   return 0;

@@ -18,6 +18,11 @@ namespace lq_fuzz {
 // An accepted blob must serialise back to the same bytes and decode consistently.
 void fuzz_blob(const uint8_t* data, size_t size);
 
+// parse_adapter on the bytes as given, then with the header's data_crc32 made to match
+// the data section. An accepted file must be written back by serialize_adapter and
+// read again unchanged, and its modules decode consistently.
+void fuzz_adapter(const uint8_t* data, size_t size);
+
 // compress() on a small pair and options decoded from the bytes (extreme magnitudes
 // included). Either std::invalid_argument, or a module that keeps the budget and
 // round-trips through its bytes.
