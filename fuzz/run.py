@@ -79,9 +79,12 @@ def run_libfuzzer(exe: Path, seconds: int, corpus: Path, seeds: Path,
                           timeout=seconds + 4 * HANG_SECONDS + 60)
 
 
-def run_python(seconds: int, seed: int, crashes: Path) -> subprocess.CompletedProcess:
+def run_python(seconds: int, seed: int, crashes: Path,
+               c_library: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "fuzz" / "python" / "fuzz_load.py"),
            f"--seconds={seconds}", f"--seed={seed}", f"--crashes={crashes}"]
+    if c_library is not None:
+        cmd.append(f"--c-library={c_library}")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
 
 
@@ -91,6 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("--targets", nargs="*", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--no-python", action="store_true", help="skip the Python fuzzer")
     p.add_argument("--seed", type=int, default=1, help="seed of the Python fuzzer")
+    p.add_argument("--c-library", type=Path, help="a libloraquant_c.so without sanitizers "
+                   "(e.g. build/cpp-tests/cpp/): the Python fuzzer checks the C++ reader "
+                   "against loraquant.load")
     args = p.parse_args(argv)
     if not have_clang():
         sys.exit("clang++ not found: the libFuzzer targets need clang (apt-get install -y clang)")
@@ -104,7 +110,7 @@ def main(argv=None) -> int:
             print(res.stderr[-4000:], file=sys.stderr)
             failed.append(t)
     if not args.no_python:
-        res = run_python(args.seconds, args.seed, ARTIFACTS / "python")
+        res = run_python(args.seconds, args.seed, ARTIFACTS / "python", args.c_library)
         print(res.stdout.strip() or res.stderr[-4000:])
         if res.returncode != 0:
             failed.append("python")

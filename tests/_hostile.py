@@ -78,3 +78,11 @@ def fuzz_runner():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def c_reader(library):
+    """fuzz/python/c_reader.py's CReader on a libloraquant_c.so."""
+    sys.path.insert(0, str(ROOT / "fuzz" / "python"))
+    import c_reader as module
+
+    return module.CReader(library)

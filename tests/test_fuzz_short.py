@@ -1,6 +1,7 @@
 """A short run of every fuzzer (fuzz/README.md has the long one): each libFuzzer target
 of the C++ core (clang, AddressSanitizer, UBSan) and the Python mutation fuzzer of
-loraquant.load and QuantizedLoRA.from_bytes, each for SECONDS.
+loraquant.load and QuantizedLoRA.from_bytes (checked against the C++ reader), each for
+SECONDS.
 
 The libFuzzer targets need clang: without it this test fails, unless
 LORAQUANT_SKIP_FUZZ=1 asks to skip it. Nothing is installed here.
@@ -11,6 +12,7 @@ import shutil
 
 import pytest
 
+from _cppbuild import installed  # noqa: F401  (a fixture: the session's C++ build)
 from _hostile import fuzz_runner
 
 FUZZ = fuzz_runner()
@@ -49,10 +51,11 @@ def test_libfuzzer_target_finds_nothing(fuzz_bin, seeds, tmp_path, target):
     assert runs and int(runs[1]) >= MIN_INPUTS, res.stderr[-2000:]
 
 
-def test_python_fuzzer_finds_nothing():
+def test_python_fuzzer_finds_nothing(installed):  # noqa: F811
+    """Differential too: the C++ reader of the session's build must agree on every file."""
     crashes = FUZZ.ARTIFACTS / "short-python"
     shutil.rmtree(crashes, ignore_errors=True)
-    res = FUZZ.run_python(SECONDS, seed=1, crashes=crashes)
+    res = FUZZ.run_python(SECONDS, seed=1, crashes=crashes, c_library=installed.c_library)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     done = re.search(r"fuzz_load: (\d+) inputs, (\d+) rejected, (\d+) accepted", res.stdout)
     assert done and int(done[1]) >= MIN_INPUTS

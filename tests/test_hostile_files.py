@@ -50,13 +50,14 @@ REGRESSIONS = {
     "metadata modules nested 100000 deep (RecursionError)": (
         lambda d: rewrite(d, header=_set_meta("modules", DEEP)), "'modules' nests too deeply"),
     "5000-digit integer (ValueError of int())": (
-        lambda d: join(b'{"a": ' + b"9" * 5000 + b"}", b""), "JSON header does not parse"),
+        lambda d: join(b'{"a": ' + b"9" * 5000 + b"}", b""),
+        "JSON header contains the 5000-character integer 99999999999999999999..., beyond"),
     "200000 dimensions of 2^60 (minutes of big-integer products)": (
         lambda d: rewrite(d, header=lambda h: h["w"].update(shape=[2 ** 60] * 200_000)),
         "needs more than 24 bytes"),
     "scaling 10^400 (OverflowError)": (
         lambda d: rewrite(d, meta=("modules", lambda ms: ms[0].update(scaling=10 ** 400))),
-        "scaling must be a finite number"),
+        "'modules' contains the 401-character integer"),
     "dtype a list (TypeError: unhashable)": (
         lambda d: rewrite(d, header=lambda h: h["w"].update(dtype=[])), "unknown dtype"),
     "1e999 in peft_config (accepted, then unsavable)": (
@@ -66,6 +67,9 @@ REGRESSIONS = {
         lambda d: rewrite(d, body=_nan_sigma), "sigma holds 1 values that are not finite"),
     "empty extra of shape [0, 2^64] (TypeError from torch)": (
         lambda d: rewrite(d, header=lambda h: h["empty"].update(shape=[0, 2 ** 64])),
+        "shape must be a list of integers in 0..2\\^63-1"),
+    "empty extra of shape [0, 2^62, 4] (RuntimeError from torch)": (
+        lambda d: rewrite(d, header=lambda h: h["empty"].update(shape=[0, 2 ** 62, 4])),
         "an empty tensor of shape .* cannot be made"),
 }
 

@@ -4,6 +4,7 @@
 #include "loraquant/adapter_file.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <unordered_map>
 #include <unordered_set>
@@ -67,7 +68,7 @@ Tensor read_tensor(const std::string& name, const json::Value& v, uint64_t data_
   if (item == 0) bad(what + " has unknown dtype " + quoted(t.dtype));
   if (sh->kind != json::Value::Array) bad(what + " shape must be an array");
   for (size_t k = 0; k < sh->items.size(); ++k)
-    t.shape.push_back(json::as_uint(sh->items[k], UINT64_MAX, what + " shape[" + std::to_string(k) + "]"));
+    t.shape.push_back(json::as_uint(sh->items[k], INT64_MAX, what + " shape[" + std::to_string(k) + "]"));
   if (off->kind != json::Value::Array || off->items.size() != 2)
     bad(what + " data_offsets must be [begin, end]");
   t.begin = json::as_uint(off->items[0], data_size, what + " data_offsets begin");
@@ -112,10 +113,20 @@ std::string metadata_string(const std::unordered_map<std::string, std::string>& 
   return it->second;
 }
 
+// Every number of a JSON value is a finite double (1e999 or a 400-digit integer is
+// not), as loraquant.load requires of the metadata.
+void check_numbers(const json::Value& v, const std::string& what) {
+  if (v.kind == json::Value::Number) json::as_double(v, what + " number");
+  for (const json::Value& item : v.items) check_numbers(item, what);
+  for (const auto& member : v.members) check_numbers(member.second, what);
+}
+
 // A JSON document stored as a metadata string; errors say which one.
 json::Value embedded_json(const std::string& text, const char* key) {
   try {
-    return json::parse(text);
+    json::Value v = json::parse(text);
+    check_numbers(v, "a");
+    return v;
   } catch (const FormatError& e) {
     bad(std::string("__metadata__ \"") + key + "\": " + e.what());
   }
@@ -249,6 +260,8 @@ class Reader {
       bad(what + " sigma must be F32 [" + std::to_string(r) + "]");
     am.sigma.resize(r);
     std::memcpy(am.sigma.data(), data_ + sig.begin, (size_t)r * sizeof(float));
+    for (float s : am.sigma)
+      if (!(s >= 0.0f) || !std::isfinite(s)) bad(what + " sigma holds a value that is not finite and >= 0");
     return am;
   }
 

@@ -360,6 +360,7 @@ const std::string& as_string(const Value& v, const std::string& what) {
 uint64_t as_uint(const Value& v, uint64_t max, const std::string& what) {
   if (v.kind != Value::Number || !integer_token(v.text))
     throw FormatError(what + " must be an integer");
+  if (v.text == "-0") return 0;  // zero, as Python's json reads it
   if (!v.text.empty() && v.text[0] == '-') throw FormatError(what + " must not be negative, got " + v.text);
   uint64_t x = 0;
   auto res = std::from_chars(v.text.data(), v.text.data() + v.text.size(), x);

@@ -9,6 +9,8 @@ Seeds are the valid files and blobs of fuzz/make_seeds.py. For every mutated inp
                 (same bytes, and apply gives exactly the same output); otherwise the
                 adapter must apply and survive save + load unchanged.
   from_bytes    raises FormatError, or returns a module whose to_bytes() is the input.
+With --c-library, the C++ reader (through the C API) must accept exactly the same
+files and read the same modules (names, scalings, blobs) from them.
 Any other exception (warnings included), an input that takes over SLOW_SECONDS, or peak memory growing by
 more than RSS_GROWTH_MB is a failure: the input goes to --crashes and the exit status
 is 1. The same seed always replays the same inputs.
@@ -32,6 +34,7 @@ from loraquant import FormatError, QuantizedLoRA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import c_reader  # noqa: E402
 import make_seeds  # noqa: E402  (fuzz/make_seeds.py)
 import mutate  # noqa: E402
 
@@ -74,13 +77,31 @@ def usable(adapter, scratch: Path) -> None:
             raise Violation(f"module {name!r} changed through save + load")
 
 
-def check_file(data: bytes, keeps: bool, original, path: Path) -> str:
+def agree(reader, data: bytes, got) -> None:
+    """The C++ reader accepts the file exactly when load does, and reads the same."""
+    theirs = reader.read(data)
+    if isinstance(theirs, str) != (got is None):
+        raise Violation("the readers disagree: loraquant.load " +
+                        ("refuses the file" if got is None else "accepts the file") +
+                        (f", the C++ reader refuses it: {theirs}" if isinstance(theirs, str)
+                         else ", the C++ reader accepts it"))
+    if got is not None:
+        ours = [(name, got.scalings[name], q.to_bytes()) for name, q in got.items()]
+        if ours != theirs:
+            raise Violation("the readers read different modules from the file")
+
+
+def check_file(data: bytes, keeps: bool, original, path: Path, reader=None) -> str:
     path.write_bytes(data)
     try:
         got = loraquant.load(path)
     except FormatError as e:
         if str(path) not in str(e) or len(str(e)) <= len(str(path)) + 2:
             raise Violation(f"FormatError without a message naming the file: {e!r}") from None
+        got = None
+    if reader is not None:
+        agree(reader, data, got)
+    if got is None:
         return "rejected"
     if keeps:
         same_modules(got, original)
@@ -110,9 +131,10 @@ def seeds(directory: Path):
     return files, blobs
 
 
-def run(seconds: float, seed: int, crashes: Path) -> dict:
+def run(seconds: float, seed: int, crashes: Path, c_library: Path | None = None) -> dict:
     warnings.simplefilter("error")  # as pytest runs: a warning is a failure too
     rng = random.Random(seed)
+    reader = None if c_library is None else c_reader.CReader(c_library)
     counts = {"rejected": 0, "accepted": 0, "inputs": 0}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -123,7 +145,8 @@ def run(seconds: float, seed: int, crashes: Path) -> dict:
             if rng.random() < 0.75:
                 base, original = rng.choice(files)
                 data, desc, keeps = mutate.mutate_file(rng, base)
-                target = lambda: check_file(data, keeps, original, tmp / "input.lqa")  # noqa: E731
+                target = lambda: check_file(data, keeps, original, tmp / "input.lqa",  # noqa: E731
+                                            reader)
             else:
                 data, desc, _ = mutate.mutate_blob(rng, rng.choice(blobs))
                 target = lambda: check_blob(data)  # noqa: E731
@@ -156,9 +179,11 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--crashes", type=Path, default=Path("fuzz-crashes"))
+    p.add_argument("--c-library", type=Path, help="libloraquant_c.so (without sanitizers): "
+                   "also check that the C++ reader accepts and reads the same files")
     args = p.parse_args(argv)
     try:
-        counts = run(args.seconds, args.seed, args.crashes)
+        counts = run(args.seconds, args.seed, args.crashes, args.c_library)
     except Exception:  # reported by save_crash or the Violation text
         traceback.print_exc()
         return 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from dataclasses import dataclass
 
 from ._core import FormatError
@@ -28,6 +29,10 @@ _TORCH_TO_DTYPE = {torch_name: st for st, (torch_name, _) in DTYPES.items()}
 
 #: the same ceiling the safetensors library puts on its JSON header
 MAX_HEADER_BYTES = 100_000_000
+#: longer integers exceed any float (10^309 > 1.8 * 10^308); shorter ones are compared
+MAX_INT_DIGITS = 310
+#: dimensions and offsets are int64 for torch and numpy
+MAX_DIM = 2 ** 63 - 1
 _LEN = struct.Struct("<Q")
 
 
@@ -128,8 +133,8 @@ def _parse_json(raw: bytes) -> dict:
 
 
 def parse_json(text: str, what: str):
-    """Strict JSON: no repeated keys, no NaN, Infinity or 1e999; every failure (nesting deeper
-    than the parser's recursion, integers longer than Python converts) a FormatError."""
+    """Strict JSON: no repeated keys, no NaN, Infinity, 1e999 or integer beyond the float
+    range; every failure (nesting deeper than the parser recurses too) a FormatError."""
     def no_duplicates(pairs):
         keys = [k for k, _ in pairs]
         if len(set(keys)) != len(keys):
@@ -146,17 +151,21 @@ def parse_json(text: str, what: str):
             raise FormatError(f"{what} contains {word[:20]}, beyond the range of a float")
         return value
 
+    def bounded(word):  # as the C++ reader: no integer beyond the range of a double
+        value = int(word) if len(word) <= MAX_INT_DIGITS else None
+        if value is None or abs(value) > sys.float_info.max:
+            raise FormatError(f"{what} contains the {len(word)}-character integer "
+                              f"{word[:20]}..., beyond the range of a float")
+        return value
+
     try:
         return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants,
-                          parse_float=finite)
+                          parse_float=finite, parse_int=bounded)
     except json.JSONDecodeError as e:
         raise FormatError(f"{what} is not valid JSON (it does not parse: {e})") from None
     except RecursionError:
         raise FormatError(f"{what} nests too deeply to parse") from None
-    except FormatError:
-        raise
-    except ValueError as e:  # an integer of more digits than int() converts
-        raise FormatError(f"{what} does not parse: {e}") from None
+
 
 
 def _is_count(x) -> bool:
@@ -169,9 +178,9 @@ def _entry(name: str, desc, data_len: int) -> Entry:
     dtype, shape, offs = desc.get("dtype"), desc.get("shape"), desc.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise FormatError(f"tensor {name!r}: unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise FormatError(f"tensor {name!r}: shape must be a list of non-negative "
-                          f"integers, got {shape!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) and d <= MAX_DIM for d in shape):
+        raise FormatError(f"tensor {name!r}: shape must be a list of integers in "
+                          f"0..2^63-1, got {shape!r}")
     if (not isinstance(offs, list) or len(offs) != 2 or not all(_is_count(o) for o in offs)
             or offs[0] > offs[1]):
         raise FormatError(f"tensor {name!r}: data_offsets must be [begin, end] with "

@@ -330,7 +330,7 @@ def _module_entry(i: int, e) -> dict:
             raise FormatError(f"module {name!r}: {key} must be a non-negative integer, "
                               f"got {e.get(key)!r}")
     s = e.get("scaling")
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not _finite(s):
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
         raise FormatError(f"module {name!r}: scaling must be a finite number, got {s!r}")
     w = e.get("widths")
     if (not isinstance(w, list) or len(w) != e["r"]
@@ -339,13 +339,6 @@ def _module_entry(i: int, e) -> dict:
         raise FormatError(f"module {name!r}: widths must be {e['r']} pairs "
                           f"[b_width, a_width] of integers in 0..8, got {w!r}")
     return e
-
-
-def _finite(x) -> bool:
-    try:
-        return math.isfinite(x)
-    except OverflowError:  # an integer beyond the float range
-        return False
 
 
 def _check_names(entries: dict, modules: list, extras: list) -> None:

@@ -1,0 +1,75 @@
+"""loraquant.load and the C++ reader (parse_adapter, through the C API) accept the same
+files. Each case is a disagreement the differential fuzzer found (fuzz_load.py
+--c-library); both readers now give the verdict on the right."""
+import json
+import struct
+
+import pytest
+
+import loraquant
+from loraquant import FormatError
+from _cppbuild import installed  # noqa: F401  (a fixture: the session's C++ build)
+from _hostile import NAMES, adapter_bytes, c_reader, rewrite
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory):
+    return adapter_bytes(tmp_path_factory.mktemp("seed"))
+
+
+def _sigma(value):
+    def edit(head, rest):
+        begin, _ = head[f"lq.{NAMES[0]}.sigma"]["data_offsets"]
+        rest[begin:begin + 4] = struct.pack("<f", value)
+    return edit
+
+
+def _raw_meta(key, text):
+    def edit(head):
+        head["__metadata__"][key] = text
+    return edit
+
+
+def _minus_zero_offset(data):
+    """The file with the first tensor's offset 0 written as -0 (JSON's negative zero)."""
+    n = struct.unpack_from("<Q", data)[0]
+    head = json.loads(data[8:8 + n])
+    first = next(k for k, v in head.items() if k != "__metadata__" and v["data_offsets"][0] == 0)
+    head[first]["data_offsets"][0] = "MINUS_ZERO"
+    text = json.dumps(head).replace('"MINUS_ZERO"', "-0").encode()
+    return struct.pack("<Q", len(text)) + text + data[8 + n:]
+
+
+#: case -> (make the file from the seed, does every reader accept it)
+CASES = {
+    "NaN singular value": (lambda d: rewrite(d, body=_sigma(float("nan"))), False),
+    "negative singular value": (lambda d: rewrite(d, body=_sigma(-1.0)), False),
+    "1e999 in peft_config": (lambda d: rewrite(d, header=_raw_meta("peft_config", '{"a": 1e999}')),
+                             False),
+    "400-digit integer in peft_config": (
+        lambda d: rewrite(d, header=_raw_meta("peft_config", '{"a": ' + "9" * 400 + "}")), False),
+    "1e999 in an extra key of a module entry": (
+        lambda d: rewrite(d, header=lambda h: h["__metadata__"].update(
+            modules=h["__metadata__"]["modules"].replace('"name"', '"x": 1e999, "name"', 1))),
+        False),
+    "dimension 2^63": (lambda d: rewrite(d, header=lambda h: h["empty"].update(shape=[2 ** 63, 0])),
+                       False),
+    "-0 as the first offset": (_minus_zero_offset, True),
+    "a valid file": (lambda d: d, True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_both_readers_give_the_same_verdict(installed, tmp_path, seed, case):  # noqa: F811
+    make, accepted = CASES[case]
+    data = make(seed)
+    path = tmp_path / "x.lqa"
+    path.write_bytes(data)
+    try:
+        loraquant.load(path)
+        ours = True
+    except FormatError:
+        ours = False
+    theirs = not isinstance(c_reader(installed.c_library).read(data), str)
+    assert ours == theirs
+    assert ours == accepted
