@@ -54,6 +54,10 @@ CASES = {
         False),
     "dimension 2^63": (lambda d: rewrite(d, header=lambda h: h["empty"].update(shape=[2 ** 63, 0])),
                        False),
+    "empty, strides past int64": (
+        lambda d: rewrite(d, header=lambda h: h["empty"].update(shape=[0, 2 ** 62, 4])), False),
+    "empty, strides within int64": (
+        lambda d: rewrite(d, header=lambda h: h["empty"].update(shape=[0, 2 ** 60, 4])), True),
     "-0 as the first offset": (_minus_zero_offset, True),
     "a valid file": (lambda d: d, True),
 }

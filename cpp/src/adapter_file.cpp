@@ -46,10 +46,12 @@ std::string quoted(const std::string& s) { return "'" + s + "'"; }
 // product(shape) * item bytes, or an error if it overflows or exceeds `limit`.
 uint64_t tensor_bytes(const std::vector<uint64_t>& shape, uint64_t item, uint64_t limit,
                       const std::string& what) {
-  uint64_t numel = 1;
+  uint64_t numel = 1, strides = 1;  // strides: product of max(d, 1), as torch lays it out
   for (uint64_t d : shape) {
     if (d != 0 && numel > UINT64_MAX / d) bad(what + ": shape overflows 64 bits");
     numel *= d;
+    if (strides > (uint64_t)INT64_MAX / (d ? d : 1)) bad(what + ": shape overflows 64-bit strides");
+    strides *= d ? d : 1;
   }
   if (numel != 0 && item > limit / numel)
     bad(what + ": shape declares more bytes than the data section holds (" + std::to_string(limit) + ")");

@@ -189,6 +189,8 @@ def _entry(name: str, desc, data_len: int) -> Entry:
     if end > data_len:
         raise FormatError(f"tensor {name!r}: data_offsets [{begin}, {end}] run past the "
                           f"data section of {data_len} bytes (truncated?)")
+    if _nbytes([max(d, 1) for d in shape], 1, MAX_DIM) is None:  # torch's strides
+        raise FormatError(f"tensor {name!r}: shape overflows 64-bit strides")
     nbytes = _nbytes(shape, DTYPES[dtype][1], end - begin)
     if nbytes != end - begin:
         needs = f"more than {end - begin}" if nbytes is None else f"{nbytes}"
