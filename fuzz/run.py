@@ -28,6 +28,9 @@ TARGETS = {"adapter": "adapter", "blob": "blob", "compress": "compress"}
 #: an input slower than this is reported as a hang
 HANG_SECONDS = 10
 RSS_LIMIT_MB = 2048
+#: one allocation above this is a failure: inputs are a few KiB, and the targets decode
+#: only modules of at most 2^20 dense entries (fuzz/cpp/check.cpp)
+MALLOC_LIMIT_MB = 256
 BUILD_TIMEOUT = 1200
 
 
@@ -71,8 +74,12 @@ def run_libfuzzer(exe: Path, seconds: int, corpus: Path, seeds: Path,
     corpus.mkdir(parents=True, exist_ok=True)
     artifacts.mkdir(parents=True, exist_ok=True)
     cmd = [str(exe), f"-max_total_time={seconds}", f"-timeout={HANG_SECONDS}",
-           f"-rss_limit_mb={RSS_LIMIT_MB}", f"-artifact_prefix={artifacts}/{exe.name}-",
+           f"-rss_limit_mb={RSS_LIMIT_MB}", f"-malloc_limit_mb={MALLOC_LIMIT_MB}",
+           f"-artifact_prefix={artifacts}/{exe.name}-",
            "-print_final_stats=1", str(corpus), str(seeds)]
+    words = ROOT / "fuzz" / f"{exe.name.replace('lq_fuzz_', '')}.dict"
+    if words.exists():
+        cmd.insert(1, f"-dict={words}")
     env = dict(os.environ, UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
                ASAN_OPTIONS="detect_leaks=1:abort_on_error=1")
     return subprocess.run(cmd, capture_output=True, text=True, env=env,
