@@ -6,6 +6,7 @@ the fuzzers take files apart the same way.
 from __future__ import annotations
 
 import json
+import struct
 import sys
 import zlib
 from pathlib import Path
@@ -68,6 +69,36 @@ def blob_edit(name: str, offset: int, raw: bytes):
         blob[offset:offset + len(raw)] = raw
         rest[begin:end] = fix_blob_crc(bytes(blob))
     return edit
+
+
+HUGE_SIZES = [2 ** 31, 2 ** 32 - 1, 2 ** 60, 2 ** 63, 2 ** 64 - 1]
+
+
+def _offsets(name, v):
+    def edit(head):
+        begin = head[name]["data_offsets"][0]
+        head[name].update(shape=[v], data_offsets=[begin, begin + v])
+    return edit
+
+
+def _field(key, v):
+    return ("modules", lambda ms: ms[0].update({key: v}))
+
+
+def huge_size_files(seed: bytes):
+    """(what, bytes) of files that declare a huge size in every place a size lives."""
+    blob = f"lq.{NAMES[0]}.blob"
+    for v in HUGE_SIZES:
+        yield f"JSON length {v}", struct.pack("<Q", v) + seed[8:]
+        yield f"blob of {v} bytes", rewrite(seed, header=_offsets(blob, v))
+        yield f"extra of {v} float32", rewrite(seed, header=lambda h, v=v: h["w"].update(shape=[v]))
+        for key in ("m", "n", "r", "group_size"):
+            yield f"module {key} = {v}", rewrite(seed, meta=_field(key, v))
+        v32 = struct.pack("<I", min(v, 2 ** 32 - 1))
+        for key, at in (("m", 8), ("n", 12), ("r", 16), ("group_size", 20)):
+            yield f"blob header {key} = {v}", rewrite(seed, body=blob_edit(NAMES[0], at, v32))
+        yield f"blob payload_bytes = {v}", rewrite(
+            seed, body=blob_edit(NAMES[0], 32, struct.pack("<Q", v)))
 
 
 def fuzz_runner():

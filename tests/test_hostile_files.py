@@ -13,7 +13,7 @@ import pytest
 
 import loraquant
 from loraquant import FormatError
-from _hostile import NAMES, adapter_bytes, blob_edit, join, rewrite, split
+from _hostile import HUGE_SIZES, NAMES, adapter_bytes, blob_edit, huge_size_files, join, rewrite
 
 # Before its fix, the 200,000-dimension shape below took minutes (the product of its
 # dimensions has millions of digits); a check of the sizes takes milliseconds.
@@ -88,39 +88,9 @@ def test_fuzzer_finding_is_a_format_error(tmp_path, seed, case):
 
 # --- declared sizes ---------------------------------------------------------------
 
-HUGE = [2 ** 31, 2 ** 32 - 1, 2 ** 60, 2 ** 63, 2 ** 64 - 1]
-
-
-def _offsets(name, v):
-    def edit(head):
-        begin = head[name]["data_offsets"][0]
-        head[name].update(shape=[v], data_offsets=[begin, begin + v])
-    return edit
-
-
-def _field(key, v):
-    return ("modules", lambda ms: ms[0].update({key: v}))
-
-
-def _hostile_files(seed):
-    """(what, bytes) of files that declare a huge size in every place a size lives."""
-    blob = f"lq.{NAMES[0]}.blob"
-    for v in HUGE:
-        yield f"JSON length {v}", struct.pack("<Q", v) + seed[8:]
-        yield f"blob of {v} bytes", rewrite(seed, header=_offsets(blob, v))
-        yield f"extra of {v} float32", rewrite(seed, header=lambda h, v=v: h["w"].update(shape=[v]))
-        for key in ("m", "n", "r", "group_size"):
-            yield f"module {key} = {v}", rewrite(seed, meta=_field(key, v))
-        v32 = struct.pack("<I", min(v, 2 ** 32 - 1))
-        for key, at in (("m", 8), ("n", 12), ("r", 16), ("group_size", 20)):
-            yield f"blob header {key} = {v}", rewrite(seed, body=blob_edit(NAMES[0], at, v32))
-        yield f"blob payload_bytes = {v}", rewrite(
-            seed, body=blob_edit(NAMES[0], 32, struct.pack("<Q", v)))
-
-
 def test_huge_declared_sizes_are_refused_without_allocating(tmp_path, seed):
-    files = list(_hostile_files(seed))
-    assert len(files) == len(HUGE) * 12
+    files = list(huge_size_files(seed))
+    assert len(files) == len(HUGE_SIZES) * 12
     for what, data in files:
         path = tmp_path / "huge.lqa"
         path.write_bytes(data)
@@ -151,7 +121,7 @@ def test_huge_declared_sizes_stay_within_an_address_space_limit(tmp_path, seed):
     """The C++ side allocates outside tracemalloc's view: a hard limit on the address
     space turns any large allocation into a MemoryError, which fails this test."""
     paths = []
-    for k, (_, data) in enumerate(_hostile_files(seed)):
+    for k, (_, data) in enumerate(huge_size_files(seed)):
         paths.append(tmp_path / f"h{k}.lqa")
         paths[-1].write_bytes(data)
     res = subprocess.run([sys.executable, "-c", LOAD_UNDER_LIMIT, str(ADDRESS_SPACE_SLACK),

@@ -9,7 +9,7 @@ import pytest
 import loraquant
 from loraquant import FormatError
 from _cppbuild import installed  # noqa: F401  (a fixture: the session's C++ build)
-from _hostile import NAMES, adapter_bytes, c_reader, rewrite
+from _hostile import HUGE_SIZES, NAMES, adapter_bytes, c_reader, huge_size_files, rewrite
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,13 @@ def test_both_readers_give_the_same_verdict(installed, tmp_path, seed, case):  #
     theirs = not isinstance(c_reader(installed.c_library).read(data), str)
     assert ours == theirs
     assert ours == accepted
+
+
+def test_the_cpp_reader_refuses_every_huge_size_as_malformed(installed, seed):  # noqa: F811
+    """As load does (test_hostile_files.py): a format error, not a failed allocation."""
+    reader = c_reader(installed.c_library)
+    files = list(huge_size_files(seed))
+    assert len(files) == len(HUGE_SIZES) * 12
+    for what, data in files:
+        verdict = reader.read(data)
+        assert isinstance(verdict, str) and "adapter file: " in verdict, (what, verdict)
