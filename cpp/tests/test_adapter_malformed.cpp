@@ -120,7 +120,7 @@ LQ_TEST(adapter_malformed_tensor_entries) {
                })),
                lq::FormatError, "more bytes than the data section holds");
   CHECK_THROWS(parse(on_blob([](json::Value& t) {
-                 at(t, "shape") = json::Value::array().push(json::Value::number((uint64_t)1 << 63)).push(json::Value::number((uint64_t)4));
+                 at(t, "shape") = json::Value::array().push(json::Value::number((uint64_t)1 << 62)).push(json::Value::number((uint64_t)1 << 62));
                })),
                lq::FormatError, "overflows 64 bits");
   CHECK_THROWS(parse(on_blob([](json::Value& t) { at(t, "shape").items[0].text = "1e3"; })), lq::FormatError,
