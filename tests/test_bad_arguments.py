@@ -31,6 +31,15 @@ def c(tmp_path_factory):
                                  peft=F.save_adapter("llama_rslora", tmp / "peft"))
 
 
+def _nested(depth: int) -> dict:
+    """{"a": {"a": ... {}}}: `depth` objects inside each other."""
+    top = node = {}
+    for _ in range(depth - 1):
+        node["a"] = {}
+        node = node["a"]
+    return top
+
+
 def _x(*shape, dtype=np.float32, fill=1.0):
     return np.full(shape, fill, dtype=dtype)
 
@@ -102,6 +111,12 @@ ROWS = {
     "save peft_config NaN": (lambda c: loraquant.save(c.tmp / "x.lqa", c.mods,
                                                       peft_config={"r": float("nan")}),
                              ValueError, "cannot be stored as JSON"),
+    "save peft_config 65 deep": (lambda c: loraquant.save(c.tmp / "x.lqa", c.mods,
+                                                          peft_config=_nested(65)),
+                                 ValueError, "nests deeper than 64"),
+    "save peft_config 5000 deep": (lambda c: loraquant.save(c.tmp / "x.lqa", c.mods,
+                                                            peft_config=_nested(5000)),
+                                   ValueError, "nests deeper than 64"),
     "save extras list": (lambda c: loraquant.save(c.tmp / "x.lqa", c.mods, extras=["w"]),
                          TypeError, "extras must be a mapping"),
     "save extra numpy": (lambda c: loraquant.save(c.tmp / "x.lqa", c.mods, extras={"w": _x(2)}),

@@ -59,6 +59,12 @@ CASES = {
     "empty, strides within int64": (
         lambda d: rewrite(d, header=lambda h: h["empty"].update(shape=[0, 2 ** 60, 4])), True),
     "-0 as the first offset": (_minus_zero_offset, True),
+    "peft_config nested 64 deep": (
+        lambda d: rewrite(d, header=_raw_meta("peft_config", "{\"a\": " * 64 + "1" + "}" * 64)),
+        True),
+    "peft_config nested 65 deep": (
+        lambda d: rewrite(d, header=_raw_meta("peft_config", "{\"a\": " * 65 + "1" + "}" * 65)),
+        False),
     "a valid file": (lambda d: d, True),
 }
 

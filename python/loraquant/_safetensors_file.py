@@ -31,6 +31,8 @@ _TORCH_TO_DTYPE = {torch_name: st for st, (torch_name, _) in DTYPES.items()}
 MAX_HEADER_BYTES = 100_000_000
 #: longer integers exceed any float (10^309 > 1.8 * 10^308); shorter ones are compared
 MAX_INT_DIGITS = 310
+#: nesting of arrays and objects that the C++ reader (json.h) accepts
+MAX_JSON_DEPTH = 64
 #: dimensions and offsets are int64 for torch and numpy
 MAX_DIM = 2 ** 63 - 1
 _LEN = struct.Struct("<Q")
@@ -159,12 +161,28 @@ def parse_json(text: str, what: str):
         return value
 
     try:
-        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants,
-                          parse_float=finite, parse_int=bounded)
+        obj = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants,
+                         parse_float=finite, parse_int=bounded)
     except json.JSONDecodeError as e:
         raise FormatError(f"{what} is not valid JSON (it does not parse: {e})") from None
     except RecursionError:
         raise FormatError(f"{what} nests too deeply to parse") from None
+    if json_depth(obj) > MAX_JSON_DEPTH:
+        raise FormatError(f"{what} nests arrays and objects deeper than {MAX_JSON_DEPTH}")
+    return obj
+
+
+def json_depth(obj) -> int:
+    """How deep arrays and objects nest in a parsed JSON value (a scalar is 0)."""
+    if not isinstance(obj, (dict, list)):
+        return 0
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        items = value.values() if isinstance(value, dict) else value
+        stack.extend((v, depth + 1) for v in items if isinstance(v, (dict, list)))
+    return deepest
 
 
 

@@ -186,6 +186,9 @@ def _metadata(adapter: CompressedAdapter, crc: int) -> dict:
     modules = [{"name": name, "m": q.shape[0], "n": q.shape[1], "r": q.rank,
                 "group_size": q.group_size, "scaling": adapter.scalings[name],
                 "widths": [list(w) for w in q.widths]} for name, q in adapter.items()]
+    if st.json_depth(adapter.peft_config) > st.MAX_JSON_DEPTH:
+        raise ValueError(f"peft_config nests deeper than {st.MAX_JSON_DEPTH}, which the "
+                         f"C++ reader refuses")
     try:
         config = json.dumps(adapter.peft_config, allow_nan=False)
     except (TypeError, ValueError) as e:
