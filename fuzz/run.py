@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
     failed = []
     for t in args.targets:
         res = run_libfuzzer(bin_dir / f"lq_fuzz_{t}", args.seconds, CORPUS / t, seeds / TARGETS[t])
-        print(f"lq_fuzz_{t}: exit {res.returncode}; {res.stderr.strip().splitlines()[-1:]}")
+        runs = re.search(r"stat::number_of_executed_units: (\d+)", res.stderr)
+        print(f"lq_fuzz_{t}: exit {res.returncode}, {runs[1] if runs else '?'} inputs")
         if res.returncode != 0:
             print(res.stderr[-4000:], file=sys.stderr)
             failed.append(t)

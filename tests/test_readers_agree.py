@@ -1,15 +1,18 @@
 """loraquant.load and the C++ reader (parse_adapter, through the C API) accept the same
 files. Each case is a disagreement the differential fuzzer found (fuzz_load.py
 --c-library); both readers now give the verdict on the right."""
+import ctypes as C
 import json
 import struct
 
+import numpy as np
 import pytest
 
 import loraquant
 from loraquant import FormatError
+import _capi
 from _cppbuild import installed  # noqa: F401  (a fixture: the session's C++ build)
-from _hostile import HUGE_SIZES, NAMES, adapter_bytes, c_reader, huge_size_files, rewrite
+from _hostile import HUGE_SIZES, NAMES, adapter_bytes, c_reader, huge_size_files, modules, rewrite
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,41 @@ def test_the_cpp_reader_refuses_every_huge_size_as_malformed(installed, seed):  
     for what, data in files:
         verdict = reader.read(data)
         assert isinstance(verdict, str) and "adapter file: " in verdict, (what, verdict)
+
+
+def _nested(depth: int) -> dict:
+    return json.loads('{"a": ' * depth + "1" + "}" * depth)
+
+
+INF = float("inf")
+#: case -> (singular value, peft_config) for save and (float32 singular value, config
+#: text) for the C API; None keeps the module's own singular values
+BAD_ORIGINS = {
+    "NaN singular value": (np.nan, {}, np.nan, "{}"),
+    "negative singular value": (-1.0, {}, -1.0, "{}"),
+    "singular value beyond float32": (1e300, {}, INF, "{}"),
+    "Inf in peft_config": (None, {"a": INF}, None, '{"a": 1e999}'),
+    "peft_config nested 65 deep": (None, _nested(65), None, json.dumps(_nested(65))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ORIGINS))
+def test_both_writers_refuse_what_the_readers_refuse(installed, tmp_path, case):  # noqa: F811
+    py_sigma, py_config, c_sigma, c_config = BAD_ORIGINS[case]
+    q = modules()[NAMES[0]]
+    if py_sigma is not None:
+        q.singular_values = np.full(q.rank, py_sigma)
+    with pytest.raises(ValueError):
+        loraquant.save(tmp_path / "py.lqa", {NAMES[0]: q}, peft_config=py_config)
+    lib = _capi.load(installed.c_library)
+    blob = q.to_bytes()
+    mod = _capi.Module()
+    _capi.call(lib, "lq_module_from_bytes", NAMES[0].encode(), _capi.u8(blob), len(blob),
+               C.byref(mod))
+    sigma = np.full(q.rank, 1.0 if c_sigma is None else c_sigma, dtype=np.float32)
+    _capi.call(lib, "lq_module_set_origin", mod, 1.0, _capi.f32(sigma), q.rank)
+    code = lib.lq_write_adapter_file(str(tmp_path / "c.lqa").encode(), (_capi.Module * 1)(mod), 1,
+                                     c_config.encode())
+    lib.lq_module_free(mod)
+    assert code == _capi.E_INVALID_ARGUMENT, _capi.last_error(lib)
+    assert not (tmp_path / "c.lqa").exists() and not (tmp_path / "py.lqa").exists()

@@ -115,19 +115,11 @@ std::string metadata_string(const std::unordered_map<std::string, std::string>& 
   return it->second;
 }
 
-// Every number of a JSON value is a finite double (1e999 or a 400-digit integer is
-// not), as loraquant.load requires of the metadata.
-void check_numbers(const json::Value& v, const std::string& what) {
-  if (v.kind == json::Value::Number) json::as_double(v, what + " number");
-  for (const json::Value& item : v.items) check_numbers(item, what);
-  for (const auto& member : v.members) check_numbers(member.second, what);
-}
-
 // A JSON document stored as a metadata string; errors say which one.
 json::Value embedded_json(const std::string& text, const char* key) {
   try {
     json::Value v = json::parse(text);
-    check_numbers(v, "a");
+    json::check_finite_numbers(v, "a");
     return v;
   } catch (const FormatError& e) {
     bad(std::string("__metadata__ \"") + key + "\": " + e.what());

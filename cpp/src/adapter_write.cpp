@@ -69,6 +69,11 @@ std::string peft_config_text(const std::string& text) {
     invalid(std::string("peft_config_json is not valid JSON: ") + e.what());
   }
   if (v.kind != json::Value::Object) invalid("peft_config_json must be a JSON object");
+  try {
+    json::check_finite_numbers(v, "peft_config_json has a");  // as readers require
+  } catch (const FormatError& e) {
+    invalid(e.what());
+  }
   return text;
 }
 
@@ -95,6 +100,8 @@ std::vector<uint8_t> serialize_adapter(const Adapter& a) {
     if (am.sigma.size() != am.module.r())
       invalid(what + " has " + std::to_string(am.sigma.size()) + " singular values for rank " +
               std::to_string(am.module.r()));
+    for (float sv : am.sigma)
+      if (!(sv >= 0.0f) || !std::isfinite(sv)) invalid(what + " has a singular value that is not finite and >= 0");
     check_name(am.name, what, taken);
     const std::string blob = names::blob_tensor(am.name), sigma = names::sigma_tensor(am.name);
     check_name(blob, what, taken);

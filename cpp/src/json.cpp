@@ -378,6 +378,12 @@ double as_double(const Value& v, const std::string& what) {
   return x;
 }
 
+void check_finite_numbers(const Value& v, const std::string& what) {
+  if (v.kind == Value::Number) as_double(v, what + " number");
+  for (const Value& item : v.items) check_finite_numbers(item, what);
+  for (const auto& member : v.members) check_finite_numbers(member.second, what);
+}
+
 bool valid_utf8(const std::string& s) {
   const unsigned char* p = reinterpret_cast<const unsigned char*>(s.data());
   for (size_t i = 0; i < s.size();) {

@@ -51,6 +51,10 @@ const std::string& as_string(const Value& v, const std::string& what);
 uint64_t as_uint(const Value& v, uint64_t max, const std::string& what);  // integer token only
 double as_double(const Value& v, const std::string& what);               // any finite number
 
+// Throws FormatError unless every number inside v is a finite double (1e999 or a
+// 400-digit integer is not); loraquant.load reads metadata JSON the same way.
+void check_finite_numbers(const Value& v, const std::string& what);
+
 // True if s is well-formed UTF-8 (no overlong forms, surrogates or code points > U+10FFFF).
 bool valid_utf8(const std::string& s);
 

@@ -149,7 +149,12 @@ def _sigma(q: QuantizedLoRA) -> np.ndarray:
         sigma = _core.thin_svd(a, b, 1.0)[0]
     if sigma.shape != (q.rank,):
         raise ValueError(f"singular_values has shape {sigma.shape}, expected ({q.rank},)")
-    return sigma.astype("<f4")
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e300 becomes inf, refused below
+        sigma = sigma.astype("<f4")
+        ok = (np.isfinite(sigma) & (sigma >= 0)).all()
+    if not ok:  # as readers require (format.h)
+        raise ValueError("singular_values must be finite and >= 0 (as float32)")
+    return sigma
 
 
 def _tensors(adapter: CompressedAdapter) -> list:
