@@ -1,7 +1,6 @@
 // compress / compress_many: validate, factor, choose widths, pack.
 #include "loraquant/compress.h"
 
-#include <Eigen/Dense>
 #include <cmath>
 #include <memory>
 #include <stdexcept>
