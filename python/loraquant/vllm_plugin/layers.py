@@ -1,0 +1,124 @@
+"""The packed LoRA path of one vLLM linear layer: slot table and forward pass.
+
+vLLM gives every active adapter a slot index (0..max_loras-1) and every token of a
+batch the slot of its request (-1: no adapter), in `punica_wrapper.token_lora_indices`.
+The plugin keeps, beside vLLM's dense slot tensors, a table `slot -> packed slices`
+per layer (`PackedSlots`). After the base layer (and vLLM's dense LoRA path, when a
+dense adapter is active), `add_packed` adds x @ dW_hat^T for each token from the
+packed codes of its slot:
+
+- on the CPU, loraquant's C++ kernel (QuantizedLoRA.apply) per slot, over that slot's
+  tokens;
+- on a GPU, one BGMV launch per output slice over all tokens (loraquant.cuda_ops), from
+  a DeviceRegistry that holds the packed bytes of the slots' modules.
+
+Nothing is dequantized: the slot table references the QuantizedLoRA objects of the
+adapter cache, and the GPU registry is a copy of their packed bytes.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class SlotState:
+    """What each slot of one LoRA model manager holds: None, "dense" (vLLM's own
+    tensors) or "packed"; shared by all the manager's layers."""
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.kind: list[str | None] = [None] * manager.lora_slots
+
+    def dense_live(self) -> bool:
+        """True while a dense adapter occupies an active slot."""
+        ids = self.manager.lora_index_to_id
+        return any(k == "dense" and i is not None for k, i in zip(self.kind, ids))
+
+
+class PackedSlots:
+    """slot -> tuple of QuantizedLoRA | None per output slice, for one layer."""
+
+    def __init__(self, slots: int, output_slices):
+        self.slots: list[tuple | None] = [None] * slots
+        self.output_slices = tuple(int(m) for m in output_slices)
+        self._registries = None     # GPU only: per slice (DeviceRegistry | None, slot map)
+
+    def set(self, index: int, slices) -> None:
+        self.slots[index] = tuple(slices) if slices else None
+        self._registries = None
+
+    def any(self) -> bool:
+        return any(s is not None for s in self.slots)
+
+    # --- GPU -------------------------------------------------------------------------
+    def registries(self, device):
+        """Per slice: (DeviceRegistry, int32 map slot -> registry index or -1) or None."""
+        if self._registries is None:
+            from .. import cuda_ops
+            out = []
+            for s in range(len(self.output_slices)):
+                mods, slot_map = [], []
+                for entry in self.slots:
+                    q = entry[s] if entry is not None else None
+                    slot_map.append(len(mods) if q is not None else -1)
+                    if q is not None:
+                        mods.append(q)
+                if not mods:
+                    out.append(None)
+                    continue
+                out.append((cuda_ops.DeviceRegistry(mods, device=device),
+                            torch.tensor(slot_map, dtype=torch.int32, device=device)))
+            self._registries = out
+        return self._registries
+
+
+def _token_slots(punica_wrapper, tokens: int) -> torch.Tensor:
+    """Slot index of each of the first `tokens` rows (-1 where none)."""
+    idx = punica_wrapper.token_lora_indices
+    if idx.shape[0] >= tokens:
+        return idx[:tokens]
+    pad = torch.full((tokens - idx.shape[0],), -1, dtype=idx.dtype, device=idx.device)
+    return torch.cat([idx, pad])
+
+
+def add_packed(table: PackedSlots, punica_wrapper, x: torch.Tensor, output: torch.Tensor):
+    """output[t, slice s] += x[t] @ dW_hat[slot(t), s]^T for every token t (2-D x, output)."""
+    idx = _token_slots(punica_wrapper, x.shape[0])
+    if x.device.type == "cuda":
+        return _add_packed_cuda(table, idx, x, output)
+    if x.device.type != "cpu":
+        raise NotImplementedError(f"loraquant serves packed adapters on the CPU and on CUDA "
+                                  f"GPUs, not on {x.device}")
+    slots = torch.unique(idx).tolist()
+    for slot in slots:
+        entry = table.slots[slot] if slot >= 0 else None
+        if entry is None:
+            continue
+        rows = None if len(slots) == 1 else (idx == slot).nonzero().squeeze(1)
+        xs = x if rows is None else x.index_select(0, rows)
+        offset = 0
+        for q, width in zip(entry, table.output_slices):
+            if q is not None:
+                delta = q.apply(xs).to(output.dtype)
+                view = output[:, offset:offset + width]
+                if rows is None:
+                    view.add_(delta)
+                else:
+                    view.index_add_(0, rows, delta)
+            offset += width
+    return output
+
+
+def _add_packed_cuda(table: PackedSlots, idx, x, output):
+    from .. import cuda_ops
+    x = x.contiguous()
+    offset = 0
+    for reg, width in zip(table.registries(x.device), table.output_slices):
+        if reg is not None:
+            registry, slot_map = reg
+            safe = idx.clamp(min=0).long()
+            ridx = torch.where(idx >= 0, slot_map[safe], torch.full_like(slot_map[safe], -1))
+            y = torch.zeros((x.shape[0], width), dtype=x.dtype, device=x.device)
+            cuda_ops.bgmv(y, x, registry, ridx)
+            output[:, offset:offset + width].add_(y)
+        offset += width
+    return output

@@ -1,0 +1,181 @@
+"""Where the plugin hooks into vLLM (0.32): a few methods, each wrapped, none replaced.
+
+1. WorkerLoRAManager._load_adapter: a file path loads as a PackedLoRAModel.
+2. LoRAModelManager.activate_adapter / remove_all_adapters: a packed adapter's slot
+   gets its packed slices in every layer's slot table; _create_merged_loras_inplace
+   leaves packed adapters alone (the loader placed their slices).
+3. BaseLinearLayerWithLoRA._apply_lora_to_output: the packed delta is added after
+   vLLM's own (dense) LoRA path, which is skipped when no dense adapter is active.
+4. InputProcessor._validate_lora (the front end): a bad file fails its request with
+   loraquant's message before it reaches the engine.
+5. In packed-only mode (LORAQUANT_VLLM_PACKED_ONLY=1) vLLM's dense slot tensors are
+   allocated empty, warm-up uses empty packed adapters and PEFT directories are
+   refused.
+"""
+from __future__ import annotations
+
+import functools
+
+from .layers import PackedSlots, SlotState, add_packed
+from .frontend import check_request_path
+from .loader import (PackedLoRAModel, build_packed_model, is_packed_path, not_packed_error,
+                     packed_only)
+
+def _wrap(cls, name: str, make):
+    """Replace cls.name by make(original) once (plugins load once per process, but a
+    second call must not stack wrappers)."""
+    original = cls.__dict__[name]
+    if getattr(original, "_loraquant", False):
+        return
+    wrapper = make(original)
+    functools.update_wrapper(wrapper, original)
+    wrapper._loraquant = True
+    setattr(cls, name, wrapper)
+
+
+# --- 1. loading ---------------------------------------------------------------------
+
+def _expected_modules(manager) -> set[str]:
+    expected = set()
+    for module in manager.supported_lora_modules:
+        expected.update(manager.packed_modules_mapping.get(module, [module]))
+    return expected
+
+
+def _make_load_adapter(original):
+    def _load_adapter(self, lora_request):
+        if is_packed_path(lora_request.lora_path):
+            manager = self._adapter_manager
+            return build_packed_model(manager, lora_request, _expected_modules(manager))
+        if packed_only():
+            raise not_packed_error(lora_request.lora_path)
+        return original(self, lora_request)
+    return _load_adapter
+
+
+# --- 2. slots -----------------------------------------------------------------------
+
+def _state(manager) -> SlotState:
+    state = getattr(manager, "_loraquant_slots", None)
+    if state is None:
+        state = SlotState(manager)
+        for layer in manager.modules.values():
+            if hasattr(layer, "output_slices") and hasattr(layer, "punica_wrapper"):
+                layer._loraquant = PackedSlots(manager.lora_slots, layer.output_slices)
+                layer._loraquant_state = state
+        manager._loraquant_slots = state
+    return state
+
+
+def _make_activate(original):
+    def activate_adapter(self, lora_id):
+        result = original(self, lora_id)
+        if not result:
+            return result
+        state = _state(self)
+        index = self.lora_index_to_id.index(lora_id)
+        model = self._registered_adapters[lora_id]
+        packed = model.packed if isinstance(model, PackedLoRAModel) else {}
+        state.kind[index] = "packed" if isinstance(model, PackedLoRAModel) else "dense"
+        for name, layer in self.modules.items():
+            table = getattr(layer, "_loraquant", None)
+            if table is not None:
+                table.set(index, packed.get(name))
+            elif name in packed:
+                raise ValueError(f"loraquant: layer {name!r} cannot take a packed adapter")
+        return result
+    return activate_adapter
+
+
+def _make_merge(original):
+    def _create_merged_loras_inplace(self, lora_model):
+        if isinstance(lora_model, PackedLoRAModel):
+            return None     # slices were placed by the loader; nothing dense to merge
+        return original(self, lora_model)
+    return _create_merged_loras_inplace
+
+
+def _make_remove_all(original):
+    def remove_all_adapters(self):
+        original(self)
+        state = getattr(self, "_loraquant_slots", None)
+        if state is not None:
+            state.kind[:] = [None] * len(state.kind)
+    return remove_all_adapters
+
+
+# --- 3. forward ---------------------------------------------------------------------
+
+def _make_apply_lora(original):
+    def _apply_lora_to_output(self, x, output):
+        table = getattr(self, "_loraquant", None)
+        if table is None or not table.any():
+            return original(self, x, output)
+        if self._loraquant_state.dense_live():
+            output = original(self, x, output)
+        shape = output.shape if output.ndim == 3 else None
+        x2 = x.flatten(0, 1) if x.ndim == 3 else x
+        out2 = output.flatten(0, 1) if output.ndim == 3 else output
+        add_packed(table, self.punica_wrapper, x2, out2)
+        return out2.reshape(shape) if shape is not None else out2
+    return _apply_lora_to_output
+
+
+# --- 4. front end -------------------------------------------------------------------
+
+def _make_validate_lora(original):
+    def _validate_lora(self, lora_request):
+        original(self, lora_request)
+        if lora_request is not None:
+            model = getattr(getattr(self, "model_config", None), "model", None)
+            check_request_path(lora_request.lora_path, model if isinstance(model, str) else None)
+    return _validate_lora
+
+
+# --- 5. packed-only mode ----------------------------------------------------------------
+
+def _make_create_lora_weights(original):
+    def create_lora_weights(self, max_loras, lora_config, model_config=None):
+        original(self, max_loras, lora_config, model_config)
+        if packed_only():
+            self.lora_a_stacked = tuple(t.new_zeros(t.shape[:2] + (0, t.shape[3]))
+                                        for t in self.lora_a_stacked)
+            self.lora_b_stacked = tuple(t.new_zeros(t.shape[:3] + (0,))
+                                        for t in self.lora_b_stacked)
+    return create_lora_weights
+
+
+def _make_create_dummy(original):
+    def create_dummy_lora(self, lora_id, rank, embedding_modules=None):
+        if packed_only():
+            return PackedLoRAModel(lora_id, rank)
+        return original(self, lora_id, rank, embedding_modules)
+    return create_dummy_lora
+
+
+def install() -> None:
+    from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
+    from vllm.lora.model_manager import LoRAModelManager
+    from vllm.lora.worker_manager import WorkerLoRAManager
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    _wrap(WorkerLoRAManager, "_load_adapter", _make_load_adapter)
+    _wrap(LoRAModelManager, "activate_adapter", _make_activate)
+    _wrap(LoRAModelManager, "remove_all_adapters", _make_remove_all)
+    _wrap(LoRAModelManager, "_create_merged_loras_inplace", _make_merge)
+    _wrap(LoRAModelManager, "create_dummy_lora", _make_create_dummy)
+    _wrap(BaseLinearLayerWithLoRA, "_apply_lora_to_output", _make_apply_lora)
+    _wrap(InputProcessor, "_validate_lora", _make_validate_lora)
+    for cls in _linear_lora_classes(BaseLinearLayerWithLoRA):
+        if "create_lora_weights" in cls.__dict__:
+            _wrap(cls, "create_lora_weights", _make_create_lora_weights)
+
+
+def _linear_lora_classes(base):
+    seen, todo = [], [base]
+    while todo:
+        cls = todo.pop()
+        if cls not in seen:
+            seen.append(cls)
+            todo.extend(cls.__subclasses__())
+    return seen
