@@ -160,8 +160,9 @@ def packed_run(files, tmp_path_factory):
     ]
     job = dict(model=f["base"], engine=ENGINE, prompt=PROMPT, max_tokens=MAX_TOKENS,
                batches=batches)
+    # a cache budget below two adapters: every batch evicts and reloads from the files
     out = _run_engine(job, tmp_path_factory.mktemp("packed"),
-                      {"LORAQUANT_VLLM_PACKED_ONLY": "1"})
+                      {"LORAQUANT_VLLM_PACKED_ONLY": "1", "LORAQUANT_VLLM_CACHE_MIB": "0.01"})
     return batches, out["batches"]
 
 

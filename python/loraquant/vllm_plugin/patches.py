@@ -8,18 +8,25 @@
    vLLM's own (dense) LoRA path, which is skipped when no dense adapter is active.
 4. InputProcessor._validate_lora (the front end): a bad file fails its request with
    loraquant's message before it reaches the engine.
-5. In packed-only mode (LORAQUANT_VLLM_PACKED_ONLY=1) vLLM's dense slot tensors are
+5. LoRAModelManager._add_adapter: with LORAQUANT_VLLM_CACHE_MIB set, the cache of
+   packed adapters is bounded in bytes (least recently used first out, never one in a
+   slot), so the number of resident adapters grows with the compression.
+6. In packed-only mode (LORAQUANT_VLLM_PACKED_ONLY=1) vLLM's dense slot tensors are
    allocated empty, warm-up uses empty packed adapters and PEFT directories are
    refused.
 """
 from __future__ import annotations
 
 import functools
+import os
 
-from .layers import PackedSlots, SlotState, add_packed
 from .frontend import check_request_path
+from .layers import PackedSlots, SlotState, add_packed
 from .loader import (PackedLoRAModel, build_packed_model, is_packed_path, not_packed_error,
                      packed_only)
+
+CACHE_ENV = "LORAQUANT_VLLM_CACHE_MIB"
+
 
 def _wrap(cls, name: str, make):
     """Replace cls.name by make(original) once (plugins load once per process, but a
@@ -95,6 +102,45 @@ def _make_merge(original):
     return _create_merged_loras_inplace
 
 
+def cache_budget_bytes() -> int | None:
+    """LORAQUANT_VLLM_CACHE_MIB: the packed bytes the adapter cache may hold (None: no
+    byte bound; vLLM's max_cpu_loras still bounds the count)."""
+    text = os.environ.get(CACHE_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        mib = float(text)
+    except ValueError:
+        raise ValueError(f"{CACHE_ENV}={text!r} is not a number of MiB") from None
+    if not mib > 0:
+        raise ValueError(f"{CACHE_ENV}={text!r} must be > 0")
+    return int(mib * 2 ** 20)
+
+
+def evict_over_budget(manager, keep: int, budget: int) -> None:
+    """Drop the least recently used packed adapters that are not in a slot until the
+    packed bytes in the cache fit `budget` (the adapter `keep` stays)."""
+    cache = manager._registered_adapters
+    held = lambda: sum(getattr(m, "nbytes", 0) for m in cache.cache.values())
+    for lora_id in list(cache.order):
+        if held() <= budget:
+            return
+        model = cache.cache.get(lora_id)
+        if (lora_id == keep or lora_id in manager._active_adapters
+                or not isinstance(model, PackedLoRAModel)):
+            continue
+        manager.remove_adapter(lora_id)
+
+
+def _make_add(original):
+    def _add_adapter(self, lora):
+        original(self, lora)
+        budget = cache_budget_bytes()
+        if budget is not None and isinstance(lora, PackedLoRAModel):
+            evict_over_budget(self, lora.id, budget)
+    return _add_adapter
+
+
 def _make_remove_all(original):
     def remove_all_adapters(self):
         original(self)
@@ -163,6 +209,7 @@ def install() -> None:
     _wrap(LoRAModelManager, "activate_adapter", _make_activate)
     _wrap(LoRAModelManager, "remove_all_adapters", _make_remove_all)
     _wrap(LoRAModelManager, "_create_merged_loras_inplace", _make_merge)
+    _wrap(LoRAModelManager, "_add_adapter", _make_add)
     _wrap(LoRAModelManager, "create_dummy_lora", _make_create_dummy)
     _wrap(BaseLinearLayerWithLoRA, "_apply_lora_to_output", _make_apply_lora)
     _wrap(InputProcessor, "_validate_lora", _make_validate_lora)
