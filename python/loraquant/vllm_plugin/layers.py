@@ -3,9 +3,9 @@
 vLLM gives every active adapter a slot index (0..max_loras-1) and every token of a
 batch the slot of its request (-1: no adapter), in `punica_wrapper.token_lora_indices`.
 The plugin keeps, beside vLLM's dense slot tensors, a table `slot -> packed slices`
-per layer (`PackedSlots`). After the base layer (and vLLM's dense LoRA path, when a
-dense adapter is active), `add_packed` adds x @ dW_hat^T for each token from the
-packed codes of its slot:
+per layer (`PackedSlots`). After the base layer (and vLLM's dense LoRA path, unless
+packed-only), the op loraquant::vllm_packed_add (`add_packed`) adds x @ dW_hat^T for
+each token from the packed codes of its slot:
 
 - on the CPU, loraquant's C++ kernel (QuantizedLoRA.apply) per slot, over that slot's
   tokens;
@@ -20,20 +20,6 @@ from __future__ import annotations
 import torch
 
 
-class SlotState:
-    """What each slot of one LoRA model manager holds: None, "dense" (vLLM's own
-    tensors) or "packed"; shared by all the manager's layers."""
-
-    def __init__(self, manager):
-        self.manager = manager
-        self.kind: list[str | None] = [None] * manager.lora_slots
-
-    def dense_live(self) -> bool:
-        """True while a dense adapter occupies an active slot."""
-        ids = self.manager.lora_index_to_id
-        return any(k == "dense" and i is not None for k, i in zip(self.kind, ids))
-
-
 class PackedSlots:
     """slot -> tuple of QuantizedLoRA | None per output slice, for one layer."""
 
@@ -45,9 +31,6 @@ class PackedSlots:
     def set(self, index: int, slices) -> None:
         self.slots[index] = tuple(slices) if slices else None
         self._registries = None
-
-    def any(self) -> bool:
-        return any(s is not None for s in self.slots)
 
     # --- GPU -------------------------------------------------------------------------
     def registries(self, device):
@@ -71,18 +54,21 @@ class PackedSlots:
         return self._registries
 
 
-def _token_slots(punica_wrapper, tokens: int) -> torch.Tensor:
-    """Slot index of each of the first `tokens` rows (-1 where none)."""
-    idx = punica_wrapper.token_lora_indices
-    if idx.shape[0] >= tokens:
-        return idx[:tokens]
-    pad = torch.full((tokens - idx.shape[0],), -1, dtype=idx.dtype, device=idx.device)
-    return torch.cat([idx, pad])
+def token_slots(all_slots: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Slot index of each of the first `tokens` rows (-1 where none). `all_slots` is
+    vLLM's whole index buffer; rows past the batch's tokens are padding, and whatever
+    is added to them is never read."""
+    if all_slots.shape[0] >= tokens:
+        return all_slots[:tokens]
+    pad = torch.full((tokens - all_slots.shape[0],), -1, dtype=all_slots.dtype,
+                     device=all_slots.device)
+    return torch.cat([all_slots, pad])
 
 
-def add_packed(table: PackedSlots, punica_wrapper, x: torch.Tensor, output: torch.Tensor):
-    """output[t, slice s] += x[t] @ dW_hat[slot(t), s]^T for every token t (2-D x, output)."""
-    idx = _token_slots(punica_wrapper, x.shape[0])
+def add_packed(table: PackedSlots, idx: torch.Tensor, x: torch.Tensor, output: torch.Tensor):
+    """output[t, slice s] += x[t] @ dW_hat[idx[t], s]^T for each row t of the 2-D x and
+    output (idx[t] = -1, or a slot without a packed adapter: nothing)."""
+    idx = token_slots(idx, x.shape[0])
     if x.device.type == "cuda":
         return _add_packed_cuda(table, idx, x, output)
     if x.device.type != "cpu":
@@ -90,7 +76,7 @@ def add_packed(table: PackedSlots, punica_wrapper, x: torch.Tensor, output: torc
                                   f"GPUs, not on {x.device}")
     slots = torch.unique(idx).tolist()
     for slot in slots:
-        entry = table.slots[slot] if slot >= 0 else None
+        entry = table.slots[slot] if 0 <= slot < len(table.slots) else None
         if entry is None:
             continue
         rows = None if len(slots) == 1 else (idx == slot).nonzero().squeeze(1)
@@ -106,6 +92,30 @@ def add_packed(table: PackedSlots, punica_wrapper, x: torch.Tensor, output: torc
                     view.index_add_(0, rows, delta)
             offset += width
     return output
+
+
+# --- the op that vLLM's compiled forward calls ------------------------------------------
+# vLLM traces the model once (torch.compile on its CPU backend unless enforce_eager), so
+# the packed path must not branch in Python inside the traced code: it is one opaque op,
+# run at every step with that step's tensors. A layer's table is found by its key.
+
+_TABLES: dict[int, PackedSlots] = {}
+
+
+def register_table(table: PackedSlots) -> int:
+    key = len(_TABLES)
+    _TABLES[key] = table
+    return key
+
+
+@torch.library.custom_op("loraquant::vllm_packed_add", mutates_args=("output",))
+def packed_add_op(output: torch.Tensor, x: torch.Tensor, slots: torch.Tensor, key: int) -> None:
+    add_packed(_TABLES[key], slots, x, output)
+
+
+@packed_add_op.register_fake
+def _(output, x, slots, key):
+    return None
 
 
 def _add_packed_cuda(table: PackedSlots, idx, x, output):

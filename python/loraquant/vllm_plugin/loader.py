@@ -74,7 +74,7 @@ class PackedLoRAModel(LoRAModel):
         return PackedLoRAModel(lora_model_id, self.rank, packed=self.packed, nbytes=self.nbytes)
 
 
-def _is_linear_lora_layer(layer) -> bool:
+def is_linear_lora_layer(layer) -> bool:
     return any(c.__name__ in LINEAR_LAYERS for c in type(layer).__mro__)
 
 
@@ -91,6 +91,19 @@ def layer_slices(manager, layer_name: str, layer) -> list[str]:
     return [layer_name]
 
 
+def unsupported_engine(manager) -> str | None:
+    """What in this engine's set-up the packed path does not cover, or None."""
+    import vllm.envs as envs
+    tp = getattr(next(iter(manager.modules.values()), None), "tp_size", 1)
+    if tp != 1:
+        return f"tensor_parallel_size {tp} (it runs with 1)"
+    if manager.lora_config.fully_sharded_loras:
+        return "fully_sharded_loras"
+    if envs.VLLM_LORA_ENABLE_DUAL_STREAM:
+        return "VLLM_LORA_ENABLE_DUAL_STREAM=1"
+    return None
+
+
 def build_packed_model(manager, lora_request, expected_modules: set[str]) -> PackedLoRAModel:
     """Read `lora_request.lora_path` and place each module on its vLLM layer slice."""
     path = lora_request.lora_path
@@ -103,11 +116,10 @@ def build_packed_model(manager, lora_request, expected_modules: set[str]) -> Pac
             f"{where}: it keeps {len(extras)} tensors unchanged ({extras[0]!r}, ...): "
             f"{'LoRA biases' if biases else 'modules_to_save weights'} are not served by "
             f"vLLM's LoRA layers; serve the exported directory instead")
-    tp = getattr(next(iter(manager.modules.values()), None), "tp_size", 1)
-    if tp != 1:
-        raise LoraquantLoadError(
-            f"{where}: packed serving runs with tensor_parallel_size 1 (this engine uses "
-            f"{tp}); serve a dequantized copy made with `loraquant export` instead")
+    unsupported = unsupported_engine(manager)
+    if unsupported:
+        raise LoraquantLoadError(f"{where}: packed serving does not cover {unsupported}; "
+                                 f"serve a dequantized copy made with `loraquant export`")
     mapper = getattr(manager.model, "hf_to_vllm_mapper", None)
     if mapper is not None:
         mapper = mapper.get_rename_mapper()
@@ -126,7 +138,7 @@ def build_packed_model(manager, lora_request, expected_modules: set[str]) -> Pac
         found = [by_vllm.get(s) for s in subs]
         if not any(found):
             continue
-        if not _is_linear_lora_layer(layer):
+        if not is_linear_lora_layer(layer):
             raise LoraquantLoadError(
                 f"{where}: {layer_name!r} is a {type(layer).__name__}; packed serving covers "
                 f"linear layers only")

@@ -1,11 +1,13 @@
 """Where the plugin hooks into vLLM (0.32): a few methods, each wrapped, none replaced.
 
 1. WorkerLoRAManager._load_adapter: a file path loads as a PackedLoRAModel.
-2. LoRAModelManager.activate_adapter / remove_all_adapters: a packed adapter's slot
-   gets its packed slices in every layer's slot table; _create_merged_loras_inplace
-   leaves packed adapters alone (the loader placed their slices).
-3. BaseLinearLayerWithLoRA._apply_lora_to_output: the packed delta is added after
-   vLLM's own (dense) LoRA path, which is skipped when no dense adapter is active.
+2. LoRAModelManager._create_lora_modules gives each linear LoRA layer a slot table;
+   activate_adapter / _deactivate_adapter / remove_all_adapters fill and clear a
+   slot's packed slices in every table; _create_merged_loras_inplace leaves packed
+   adapters alone (the loader placed their slices).
+3. BaseLinearLayerWithLoRA._apply_lora_to_output: the packed delta (one custom op,
+   loraquant::vllm_packed_add) is added after vLLM's own dense LoRA path, which is
+   skipped in packed-only mode.
 4. InputProcessor._validate_lora (the front end): a bad file fails its request with
    loraquant's message before it reaches the engine.
 5. LoRAModelManager._add_adapter: with LORAQUANT_VLLM_CACHE_MIB set, the cache of
@@ -21,9 +23,11 @@ import functools
 import os
 
 from .frontend import check_request_path
-from .layers import PackedSlots, SlotState, add_packed
-from .loader import (PackedLoRAModel, build_packed_model, is_packed_path, not_packed_error,
-                     packed_only)
+import torch
+
+from .layers import PackedSlots, register_table
+from .loader import (PackedLoRAModel, build_packed_model, is_linear_lora_layer,
+                     is_packed_path, not_packed_error, packed_only)
 
 CACHE_ENV = "LORAQUANT_VLLM_CACHE_MIB"
 
@@ -49,9 +53,18 @@ def _expected_modules(manager) -> set[str]:
     return expected
 
 
+def _make_worker_init(original):
+    def __init__(self, vllm_config, *args, **kwargs):
+        original(self, vllm_config, *args, **kwargs)
+        self._loraquant_eager = bool(vllm_config.model_config.enforce_eager)
+    return __init__
+
+
 def _make_load_adapter(original):
     def _load_adapter(self, lora_request):
         if is_packed_path(lora_request.lora_path):
+            if torch.device(self.device).type == "cuda" and not self._loraquant_eager:
+                raise ValueError(cuda_graphs_error(lora_request.lora_path))
             manager = self._adapter_manager
             return build_packed_model(manager, lora_request, _expected_modules(manager))
         if packed_only():
@@ -62,16 +75,25 @@ def _make_load_adapter(original):
 
 # --- 2. slots -----------------------------------------------------------------------
 
-def _state(manager) -> SlotState:
-    state = getattr(manager, "_loraquant_slots", None)
-    if state is None:
-        state = SlotState(manager)
-        for layer in manager.modules.values():
-            if hasattr(layer, "output_slices") and hasattr(layer, "punica_wrapper"):
+def _tables(manager) -> list:
+    """Every linear LoRA layer's slot table, made once per manager."""
+    tables = getattr(manager, "_loraquant_tables", None)
+    if tables is None:
+        tables = {}
+        for name, layer in manager.modules.items():
+            if is_linear_lora_layer(layer):
                 layer._loraquant = PackedSlots(manager.lora_slots, layer.output_slices)
-                layer._loraquant_state = state
-        manager._loraquant_slots = state
-    return state
+                layer._loraquant_key = register_table(layer._loraquant)
+                tables[name] = layer._loraquant
+        manager._loraquant_tables = tables
+    return tables
+
+
+def _make_create_modules(original):
+    def _create_lora_modules(self):
+        original(self)
+        _tables(self)      # before the first forward pass, which vLLM may trace
+    return _create_lora_modules
 
 
 def _make_activate(original):
@@ -79,19 +101,28 @@ def _make_activate(original):
         result = original(self, lora_id)
         if not result:
             return result
-        state = _state(self)
         index = self.lora_index_to_id.index(lora_id)
         model = self._registered_adapters[lora_id]
         packed = model.packed if isinstance(model, PackedLoRAModel) else {}
-        state.kind[index] = "packed" if isinstance(model, PackedLoRAModel) else "dense"
-        for name, layer in self.modules.items():
-            table = getattr(layer, "_loraquant", None)
-            if table is not None:
-                table.set(index, packed.get(name))
-            elif name in packed:
-                raise ValueError(f"loraquant: layer {name!r} cannot take a packed adapter")
+        tables = _tables(self)
+        for name, table in tables.items():
+            table.set(index, packed.get(name))
+        stray = sorted(set(packed) - set(tables))
+        if stray:
+            raise ValueError(f"loraquant: layer {stray[0]!r} cannot take a packed adapter")
         return result
     return activate_adapter
+
+
+def _make_deactivate(original):
+    def _deactivate_adapter(self, lora_id):
+        index = (self.lora_index_to_id.index(lora_id)
+                 if lora_id in self.lora_index_to_id else None)
+        original(self, lora_id)
+        if index is not None:       # let go of the packed modules with the slot
+            for table in _tables(self).values():
+                table.set(index, None)
+    return _deactivate_adapter
 
 
 def _make_merge(original):
@@ -144,9 +175,9 @@ def _make_add(original):
 def _make_remove_all(original):
     def remove_all_adapters(self):
         original(self)
-        state = getattr(self, "_loraquant_slots", None)
-        if state is not None:
-            state.kind[:] = [None] * len(state.kind)
+        for table in _tables(self).values():
+            for index in range(len(table.slots)):
+                table.set(index, None)
     return remove_all_adapters
 
 
@@ -154,15 +185,16 @@ def _make_remove_all(original):
 
 def _make_apply_lora(original):
     def _apply_lora_to_output(self, x, output):
-        table = getattr(self, "_loraquant", None)
-        if table is None or not table.any():
+        key = getattr(self, "_loraquant_key", None)
+        if key is None:
             return original(self, x, output)
-        if self._loraquant_state.dense_live():
-            output = original(self, x, output)
+        # no Python branch on what the slots hold: vLLM may trace this once
+        if not packed_only():
+            output = original(self, x, output)     # dense adapters (zero in packed slots)
         shape = output.shape if output.ndim == 3 else None
         x2 = x.flatten(0, 1) if x.ndim == 3 else x
         out2 = output.flatten(0, 1) if output.ndim == 3 else output
-        add_packed(table, self.punica_wrapper, x2, out2)
+        torch.ops.loraquant.vllm_packed_add(out2, x2, self.punica_wrapper._token_lora_indices, key)
         return out2.reshape(shape) if shape is not None else out2
     return _apply_lora_to_output
 
@@ -173,9 +205,24 @@ def _make_validate_lora(original):
     def _validate_lora(self, lora_request):
         original(self, lora_request)
         if lora_request is not None:
-            model = getattr(getattr(self, "model_config", None), "model", None)
+            config = getattr(self, "model_config", None)
+            model = getattr(config, "model", None)
             check_request_path(lora_request.lora_path, model if isinstance(model, str) else None)
+            if (is_packed_path(lora_request.lora_path) and _on_cuda()
+                    and not getattr(config, "enforce_eager", True)):
+                raise ValueError(cuda_graphs_error(lora_request.lora_path))
     return _validate_lora
+
+
+def _on_cuda() -> bool:
+    from vllm.platforms import current_platform
+    return current_platform.is_cuda_alike()
+
+
+def cuda_graphs_error(path) -> str:
+    return (f"loraquant: cannot serve {path} here: on a GPU the packed path needs "
+            f"enforce_eager=True (--enforce-eager), since CUDA graphs would replay stale "
+            f"slot tables")
 
 
 # --- 5. packed-only mode ----------------------------------------------------------------
@@ -205,8 +252,11 @@ def install() -> None:
     from vllm.lora.worker_manager import WorkerLoRAManager
     from vllm.v1.engine.input_processor import InputProcessor
 
+    _wrap(WorkerLoRAManager, "__init__", _make_worker_init)
     _wrap(WorkerLoRAManager, "_load_adapter", _make_load_adapter)
+    _wrap(LoRAModelManager, "_create_lora_modules", _make_create_modules)
     _wrap(LoRAModelManager, "activate_adapter", _make_activate)
+    _wrap(LoRAModelManager, "_deactivate_adapter", _make_deactivate)
     _wrap(LoRAModelManager, "remove_all_adapters", _make_remove_all)
     _wrap(LoRAModelManager, "_create_merged_loras_inplace", _make_merge)
     _wrap(LoRAModelManager, "_add_adapter", _make_add)
