@@ -2,6 +2,7 @@
 
     python bench/quality.py            # synthetic suite + trained adapters in the e2e cache
     python bench/quality.py --quick    # 4 small synthetic modules, a smoke test
+    python bench/quality.py --readme   # and write the tables of README.md, bench/README.md
 
 For every LoRA module (A, B, scaling) it measures |s B A - B_hat A_hat|_F / |s B A|_F
 for loraquant budget mode (1.25 .. 3 bits), the published method (2@0.8, 2@0.9, 3@0.8,
@@ -24,12 +25,13 @@ import torch
 import adapters
 import paper_method as P
 import peft_pairs
-from tables import geomean, markdown
+from tables import geomean, markdown, replace_block
 
 import loraquant
 
 BUDGETS = [1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0]
 PUBLISHED = [(2, 0.8), (2, 0.9), (3, 0.8), (3, 0.9)]
+READMES = [Path(__file__).resolve().parents[1] / "README.md", Path(__file__).resolve().parent / "README.md"]
 DEFAULT_CACHE = Path(os.environ.get("LORAQUANT_BENCH_CACHE", "~/.cache/loraquant-bench")).expanduser()
 
 
@@ -182,6 +184,26 @@ def report(groups: dict) -> str:
     return "\n".join(parts)
 
 
+def ratio_table(groups: dict) -> str:
+    """The READMEs' table: equal_bits() of every suite, one row per suite and setting."""
+    rows = []
+    for title, results in groups.items():
+        rows += [[title.split(" ")[0]] + row for row in equal_bits(results)[1]]
+    return markdown(["suite", "setting", "bits published", "bits loraquant", "err published+SGD",
+                     "err loraquant", "ratio (geo)", "min", "max", "loraquant worse"], rows)
+
+
+def write_readmes(groups: dict) -> None:
+    """The tables of README.md and bench/README.md from these results (--readme)."""
+    replace_block(READMES[1], "quality-synthetic", markdown(*summary(groups["synthetic"])))
+    if len(groups) < 2:  # the ratio table shows both suites; half of it would mislead
+        print("  README ratio table left as it was: it needs the trained adapters too")
+        return
+    for path in READMES:
+        replace_block(path, "quality-ratios", ratio_table(groups))
+    print(f"  wrote the tables of {' and '.join(map(str, READMES))}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="4 small synthetic modules")
@@ -191,7 +213,14 @@ def main(argv=None):
                     help="e2e cache to take trained adapters from, when present")
     ap.add_argument("--no-trained", action="store_true", help="skip the e2e cache's adapters")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest)")
+    ap.add_argument("--readme", action="store_true",
+                    help="also write the tables of README.md and bench/README.md")
+    ap.add_argument("--readme-from", type=Path, metavar="JSON",
+                    help="only write those tables, from the quality.json of an earlier run")
     args = ap.parse_args(argv)
+    if args.readme_from:
+        write_readmes(json.loads(args.readme_from.read_text()))
+        return
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -210,6 +239,8 @@ def main(argv=None):
     (args.out / "quality.json").write_text(json.dumps(groups, indent=1))
     plot(groups, args.out / "quality.png")
     print(f"wrote {args.out}/quality.md, quality.json, quality.png")
+    if args.readme:
+        write_readmes(groups)
 
 
 if __name__ == "__main__":

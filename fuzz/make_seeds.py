@@ -4,18 +4,22 @@
 
 OUT_DIR/blob/      module blobs (QuantizedLoRA.to_bytes) for lq_fuzz_blob
 OUT_DIR/compress/  option and value bytes for lq_fuzz_compress (fuzz/cpp/compress_target.cpp)
-OUT_DIR/adapter/   adapter files (loraquant.save) for the adapter-file parsers
+OUT_DIR/adapter/   adapter files (loraquant.save) for the adapter-file parsers, and the
+                   version-1 file of tests/data (loraquant.save no longer writes one)
 
 Everything is deterministic, so the seeds are never committed: every run regenerates them.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
 import loraquant
+
+V1_FILE = Path(__file__).resolve().parents[1] / "tests" / "data" / "adapter-v1.lqa"
 
 # (m, n, r, options): awkward sizes, every group regime, both modes, widths 1 to 8 and
 # dropped components. Paper mode for the smallest: their budget would drop everything.
@@ -75,6 +79,7 @@ def write(out: Path) -> None:
     for name, (ms, extras) in adapters(mods).items():
         loraquant.save(out / "adapter" / name, ms, extras=extras,
                        peft_config={"peft_type": "LORA", "r": 8})
+    shutil.copyfile(V1_FILE, out / "adapter" / "version1.lqa")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,12 @@
 The C++ unit tests (ctest) and the embedding tests share one build with
 LORAQUANT_TESTS=ON in build/cpp-tests (kept between runs, so a rerun only rebuilds
 what changed) and one install into a temporary prefix. CMake is the `cmake` on PATH,
-as in CI.
+as in CI. Without CMake or a C/C++ compiler the tests that need the build skip (and
+fail under CI: tests/_tools.py).
 """
 from __future__ import annotations
 
 import functools
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from _tools import require, require_compiler
+
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "cpp-tests"
 JOBS = "2"  # the machines this runs on have two cores to share
+WHY = "the C++ tests and the embedding tests build the plain CMake project"
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(f"`{name}` is not on PATH; the C++ tests need CMake "
-                           "(pip install cmake) and a C/C++ compiler")
-    return path
+    """`cmake` or `ctest` from PATH; skips the test without it (fails under CI)."""
+    return require(name, WHY)
 
 
 def run(cmd, *, check=True, **kw) -> subprocess.CompletedProcess:
@@ -80,6 +80,9 @@ def build_example(prefix: Path, build: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def installed(tmp_path_factory) -> Installed:
+    tool("cmake")
+    require_compiler("CXX", WHY)
+    require_compiler("C", WHY + " (its C API test is a C program)")
     return build_and_install(tmp_path_factory.getbasetemp() / "loraquant-prefix")
 
 

@@ -20,9 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "fuzz" / "python"))
 import mutate  # noqa: E402
 
-split, join, fix_blob_crc = mutate.split, mutate.join, mutate.fix_blob_crc
+split, join, fix_blob_crc, blob_spans = mutate.split, mutate.join, mutate.fix_blob_crc, mutate.blob_spans
+fix_modules_crc = mutate.fix_modules_crc
 
 NAMES = ("base_model.model.layers.0.q_proj", "base_model.model.layers.0.v_proj")
+#: a version-1 file that loraquant.save wrote before version 2 (tests/data/README.md):
+#: the modules() under NAMES with scalings 2.0 and 0.5, extras "w", "empty" and
+#: "base_model.model.lm_head.weight", and a PEFT config
+V1_FILE = ROOT / "tests" / "data" / "adapter-v1.lqa"
 
 
 def pair(seed: int, m: int, n: int, r: int):
@@ -35,8 +40,11 @@ def modules() -> dict:
             NAMES[1]: loraquant.compress(*pair(1, 9, 40, 3), bits=4.0)}
 
 
-def adapter_bytes(tmp: Path) -> bytes:
-    """A valid file: two modules, an extra and an empty extra."""
+def adapter_bytes(tmp: Path, version: str = "2") -> bytes:
+    """A valid file: two modules, an extra and an empty extra (and, in the version-1
+    file, one more extra)."""
+    if version == "1":
+        return V1_FILE.read_bytes()
     path = tmp / "seed.lqa"
     loraquant.save(path, modules(), extras={"w": torch.ones(3, 2), "empty": torch.zeros(0, 5)},
                    peft_config={"peft_type": "LORA", "r": 4})
@@ -45,7 +53,7 @@ def adapter_bytes(tmp: Path) -> bytes:
 
 def rewrite(data: bytes, header=None, meta=None, body=None) -> bytes:
     """`data` with its header dict, one metadata JSON field or its data section edited
-    (each a function editing in place; meta is (key, fn)), the data CRC-32 recomputed."""
+    (each a function editing in place; meta is (key, fn)), both CRC-32s recomputed."""
     head, rest = split(data)
     rest = bytearray(rest)
     if body:
@@ -58,13 +66,53 @@ def rewrite(data: bytes, header=None, meta=None, body=None) -> bytes:
     if header:
         header(head)
     head["__metadata__"]["data_crc32"] = f"{zlib.crc32(rest):08x}"
+    fix_modules_crc(head["__metadata__"])
     return join(json.dumps(head).encode(), bytes(rest))
+
+
+def parts(data: bytes) -> tuple[dict, dict]:
+    """(metadata, name -> [dtype, shape, bytes]) of a well-formed file, for assemble()."""
+    head, rest = split(data)
+    meta = head.pop("__metadata__")
+    return meta, {name: [e["dtype"], e["shape"], rest[slice(*e["data_offsets"])]]
+                  for name, e in head.items()}
+
+
+def assemble(meta: dict, tensors: dict) -> bytes:
+    """A file of these metadata strings and tensors, laid out as the writers do, its
+    CRC-32s recomputed; nothing else is checked, so it may be malformed."""
+    st = loraquant.adapter_file.st
+    ordered = st.layout([st.Tensor(name, dtype, tuple(shape), bytes(raw), st.DTYPES[dtype][1])
+                         for name, (dtype, shape, raw) in tensors.items()])
+    crc = zlib.crc32(b"".join(t.data for t in ordered))
+    meta = dict(meta, data_crc32=f"{crc:08x}")
+    fix_modules_crc(meta)
+    header = st.encode_header(ordered, meta)
+    return header + b"".join(t.data for t in ordered)
+
+
+def version(head: dict) -> str:
+    return head["__metadata__"]["format_version"]
+
+
+def first_sigma(head: dict) -> int:
+    """Offset in the data section of the first singular value of module NAMES[0]."""
+    name = f"lq.{NAMES[0]}.sigma" if version(head) == "1" else "lq.sigma"
+    return head[name]["data_offsets"][0]
+
+
+def set_scaling(modules: list, value) -> None:
+    """Edit of the "modules" metadata: the first module's scaling becomes `value`."""
+    if isinstance(modules[0], dict):  # version 1
+        modules[0]["scaling"] = value
+    else:
+        modules[0][2] = value
 
 
 def blob_edit(name: str, offset: int, raw: bytes):
     """A body edit writing `raw` at `offset` of module `name`'s blob, its CRC fixed."""
     def edit(head, rest):
-        begin, end = head[f"lq.{name}.blob"]["data_offsets"]
+        begin, end = blob_spans(head)[name]
         blob = bytearray(rest[begin:end])
         blob[offset:offset + len(raw)] = raw
         rest[begin:end] = fix_blob_crc(bytes(blob))
@@ -72,6 +120,8 @@ def blob_edit(name: str, offset: int, raw: bytes):
 
 
 HUGE_SIZES = [2 ** 31, 2 ** 32 - 1, 2 ** 60, 2 ** 63, 2 ** 64 - 1]
+#: how many places of a file huge_size_files() puts each huge size in, per version
+HUGE_PLACES = {"1": 12, "2": 10}
 
 
 def _offsets(name, v):
@@ -85,15 +135,26 @@ def _field(key, v):
     return ("modules", lambda ms: ms[0].update({key: v}))
 
 
+def _blob_bytes(v):
+    def edit(modules):
+        modules[0][1] = v
+    return ("modules", edit)
+
+
 def huge_size_files(seed: bytes):
     """(what, bytes) of files that declare a huge size in every place a size lives."""
-    blob = f"lq.{NAMES[0]}.blob"
+    v1 = version(split(seed)[0]) == "1"
     for v in HUGE_SIZES:
         yield f"JSON length {v}", struct.pack("<Q", v) + seed[8:]
-        yield f"blob of {v} bytes", rewrite(seed, header=_offsets(blob, v))
-        yield f"extra of {v} float32", rewrite(seed, header=lambda h, v=v: h["w"].update(shape=[v]))
-        for key in ("m", "n", "r", "group_size"):
-            yield f"module {key} = {v}", rewrite(seed, meta=_field(key, v))
+        if v1:
+            yield f"blob of {v} bytes", rewrite(seed, header=_offsets(f"lq.{NAMES[0]}.blob", v))
+            for key in ("m", "n", "r", "group_size"):
+                yield f"module {key} = {v}", rewrite(seed, meta=_field(key, v))
+        else:
+            yield f"lq.blobs of {v} bytes", rewrite(seed, header=_offsets("lq.blobs", v))
+            yield f"lq.sigma of {v} bytes", rewrite(seed, header=_offsets("lq.sigma", v))
+            yield f"module blob_bytes = {v}", rewrite(seed, meta=_blob_bytes(v))
+        yield f"extra of {v} float32", rewrite(seed, header=lambda h: h["w"].update(shape=[v]))
         v32 = struct.pack("<I", min(v, 2 ** 32 - 1))
         for key, at in (("m", 8), ("n", 12), ("r", 16), ("group_size", 20)):
             yield f"blob header {key} = {v}", rewrite(seed, body=blob_edit(NAMES[0], at, v32))

@@ -4,8 +4,13 @@ The main paths run in a real subprocess (`python -m loraquant ...`); error cases
 cli.main in-process, which returns the exit status instead of exiting.
 """
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+
+import numpy as np
 
 import pytest
 import torch
@@ -203,6 +208,94 @@ def test_export_writes_a_peft_directory_and_refuses_to_overwrite(compressed, tmp
     status, _, err = run_main(capsys, "export", compressed[0], out)
     assert status == 1 and "already holds adapter_config.json" in err and "--force" in err
     assert run_main(capsys, "export", compressed[0], out, "--force")[0] == 0
+
+
+# --- a reader that goes away: quiet, and what needs no stdout still happens ----------
+
+# What a shell reports for a Unix tool stopped by SIGPIPE, and what cli.main returns.
+EXIT_CLOSED_PIPE = 141
+
+
+def run_into_closed_pipe(*args) -> subprocess.CompletedProcess:
+    """`python -m loraquant ARGS` whose stdout is a pipe with no reader from the start:
+    its first write fails, however short the output (stderr captured as text)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "loraquant", *map(str, args)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+
+
+def assert_quiet(res):
+    assert res.returncode == EXIT_CLOSED_PIPE, res.stderr
+    for word in ("error", "Error", "Traceback", "Exception ignored"):
+        assert word not in res.stderr, res.stderr
+
+
+def test_inspect_plot_into_a_closed_pipe(compressed, tmp_path):
+    png = tmp_path / "spectra.png"
+    res = run_into_closed_pipe("inspect", compressed[0], "--plot", png)
+    assert_quiet(res)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_probe_into_a_closed_pipe(compressed):
+    assert_quiet(run_into_closed_pipe("inspect", compressed[0], "--probe"))
+
+
+def test_compress_into_a_closed_pipe_writes_the_file(llama_dir, tmp_path):
+    out = tmp_path / "piped.lqa"
+    assert_quiet(run_into_closed_pipe("compress", llama_dir, out, "--quiet"))
+    assert len(loraquant.load(out)) == 14
+
+
+def test_export_into_a_closed_pipe_writes_the_directory(compressed, tmp_path):
+    out = tmp_path / "exported"
+    assert_quiet(run_into_closed_pipe("export", compressed[0], out))
+    assert (out / "adapter_config.json").is_file()
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_demo_into_a_closed_pipe():
+    assert_quiet(run_into_closed_pipe("demo", "--layers", "1", "--hidden", "64", "--ffn", "96",
+                                      "--rank", "4"))
+
+
+def test_errors_still_reach_stderr_with_a_closed_pipe(tmp_path):
+    res = run_into_closed_pipe("inspect", tmp_path / "missing.lqa")
+    assert res.returncode == 1
+    assert res.stderr.startswith("loraquant inspect: error: ") and "missing.lqa" in res.stderr
+
+
+# Long module names make the table far larger than a pipe holds (64 KiB on Linux), so
+# that `| head -1` closes the pipe while inspect is still writing.
+LONG_NAME_MODULES = 150
+LONG_NAME = "base_model.model." + "x" * 600
+
+
+@pytest.fixture(scope="module")
+def wide_table_file(tmp_path_factory):
+    g = np.random.default_rng(0)
+    mods = {f"{LONG_NAME}.{i}": loraquant.compress(g.standard_normal((2, 8)),
+                                                    g.standard_normal((8, 2)), bits=3.0)
+            for i in range(LONG_NAME_MODULES)}
+    path = tmp_path_factory.mktemp("wide") / "wide.lqa"
+    loraquant.save(path, mods)
+    return path
+
+
+def test_inspect_piped_into_head(wide_table_file, tmp_path):
+    """The issue's command: `loraquant inspect FILE --plot PNG | head -1`."""
+    png = tmp_path / "spectra.png"
+    cmd = f"set -o pipefail; {sys.executable} -m loraquant inspect {wide_table_file} --plot {png} | head -1"
+    res = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert res.stdout.startswith(f"{wide_table_file}: {LONG_NAME_MODULES} modules")
+    assert res.stdout.count("\n") == 1
+    assert "error" not in res.stderr and "Exception" not in res.stderr, res.stderr
+    assert res.returncode == EXIT_CLOSED_PIPE  # the pipe did close early
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --- errors: one line on stderr, status 1, no traceback -----------------------------

@@ -1,6 +1,5 @@
 """Hostile adapter files: what the fuzzers found (one regression each), and declared
 sizes that must never be allocated."""
-import json
 import struct
 import subprocess
 import sys
@@ -13,7 +12,8 @@ import pytest
 
 import loraquant
 from loraquant import FormatError
-from _hostile import HUGE_SIZES, NAMES, adapter_bytes, blob_edit, huge_size_files, join, rewrite
+from _hostile import (HUGE_PLACES, HUGE_SIZES, adapter_bytes, first_sigma, huge_size_files, join,
+                      rewrite, set_scaling, split, version)
 
 # Before its fix, the 200,000-dimension shape below took minutes (the product of its
 # dimensions has millions of digits); a check of the sizes takes milliseconds.
@@ -25,9 +25,10 @@ PEAK_BYTES = 4 << 20
 ADDRESS_SPACE_SLACK = 512 << 20
 
 
-@pytest.fixture(scope="module")
-def seed(tmp_path_factory):
-    return adapter_bytes(tmp_path_factory.mktemp("seed"))
+@pytest.fixture(scope="module", params=["2", "1"], ids=["v2", "v1"])
+def seed(request, tmp_path_factory):
+    """A valid file of each format version."""
+    return adapter_bytes(tmp_path_factory.mktemp("seed"), request.param)
 
 
 def _set_meta(key, text):
@@ -37,7 +38,7 @@ def _set_meta(key, text):
 
 
 def _nan_sigma(head, rest):
-    begin, _ = head[f"lq.{NAMES[1]}.sigma"]["data_offsets"]
+    begin = first_sigma(head)
     rest[begin:begin + 4] = struct.pack("<f", float("nan"))
 
 
@@ -56,7 +57,7 @@ REGRESSIONS = {
         lambda d: rewrite(d, header=lambda h: h["w"].update(shape=[2 ** 60] * 200_000)),
         "shape overflows 64-bit strides"),
     "scaling 10^400 (OverflowError)": (
-        lambda d: rewrite(d, meta=("modules", lambda ms: ms[0].update(scaling=10 ** 400))),
+        lambda d: rewrite(d, meta=("modules", lambda ms: set_scaling(ms, 10 ** 400))),
         "'modules' contains the 401-character integer"),
     "dtype a list (TypeError: unhashable)": (
         lambda d: rewrite(d, header=lambda h: h["w"].update(dtype=[])), "unknown dtype"),
@@ -90,7 +91,7 @@ def test_fuzzer_finding_is_a_format_error(tmp_path, seed, case):
 
 def test_huge_declared_sizes_are_refused_without_allocating(tmp_path, seed):
     files = list(huge_size_files(seed))
-    assert len(files) == len(HUGE_SIZES) * 12
+    assert len(files) == len(HUGE_SIZES) * HUGE_PLACES[version(split(seed)[0])]
     for what, data in files:
         path = tmp_path / "huge.lqa"
         path.write_bytes(data)

@@ -5,23 +5,33 @@ lq_sanitize_check runs Module::from_bytes, to_bytes, dequantize, apply and compr
 valid blobs of several shapes, on every truncation, byte flip and hostile 32-bit value
 of them, on pseudo-random pairs of extreme magnitude, and on every input a fuzzer once
 failed on. Where the C++ unit tests exist (cpp/tests), they run in the same build.
+
+Needs CMake and a compiler with the sanitizer runtimes (clang, or GCC with libasan and
+libubsan): without them the tests skip, saying so, and fail under CI (tests/_tools.py).
 """
 import subprocess
 
 import pytest
 
 from _hostile import ROOT, fuzz_runner
+from _tools import require, require_compiler, require_sanitizer_runtime
 
 FUZZ = fuzz_runner()
 # clang builds the libFuzzer targets in the same tree; without it, the default
 # compiler builds the sanitizer check alone.
 BUILD = FUZZ.BUILD if FUZZ.have_clang() else ROOT / "build" / "sanitize"
 SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all")
+WHY = "the sanitizer build compiles the core with -fsanitize=address,undefined"
 UB_CANARY = "#include <climits>\nint main(int argc, char**) { int x = INT_MAX - 1 + argc; return x + argc > 0 ? 0 : 1; }\n"
 
 
 @pytest.fixture(scope="module")
-def bin_dir():
+def bin_dir(tmp_path_factory):
+    require("cmake", WHY)
+    cxx = require("clang++", WHY) if FUZZ.have_clang() else require_compiler("CXX", WHY)
+    if (ROOT / "cpp" / "tests").is_dir():
+        require_compiler("C", WHY + ", with the C API test, a C program")
+    require_sanitizer_runtime(cxx, SANITIZE_FLAGS, tmp_path_factory.mktemp("probe"), WHY)
     return FUZZ.build(BUILD, clang=FUZZ.have_clang())
 
 
@@ -51,6 +61,6 @@ def test_sanitize_check_finds_nothing(bin_dir):
 
 @pytest.mark.skipif(not (ROOT / "cpp" / "tests").is_dir(), reason="no C++ unit tests (cpp/tests) yet")
 def test_cpp_unit_tests_under_the_sanitizers(bin_dir):
-    res = subprocess.run(["ctest", "--output-on-failure"], cwd=BUILD, capture_output=True,
+    res = subprocess.run([require("ctest", WHY), "--output-on-failure"], cwd=BUILD, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]

@@ -1,4 +1,4 @@
-// Reader of the compressed-adapter file: every check of format.h. It accepts what
+// Reader of the compressed-adapter file, versions 1 and 2: every check of format.h. It accepts what
 // loraquant.load accepts (python/loraquant/adapter_file.py), so that the two readers of
 // the one format agree.
 #include "loraquant/adapter_file.h"
@@ -126,13 +126,17 @@ json::Value embedded_json(const std::string& text, const char* key) {
   }
 }
 
-void check_crc(const std::string& text, const uint8_t* data, size_t size) {
+// The CRC-32 that metadata string `key` holds as 8 lowercase hex digits.
+uint32_t crc_of(const std::string& text, const char* key) {
   bool hex = text.size() == 8;
   for (char c : text) hex = hex && ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
-  if (!hex) bad("data_crc32 " + quoted(text) + " is not 8 lowercase hex digits");
-  const uint32_t want = (uint32_t)std::stoul(text, nullptr, 16);
-  const uint32_t got = crc32(data, size);
-  if (want != got) bad("data_crc32 mismatch: the data section is corrupted");
+  if (!hex) bad(std::string(key) + " " + quoted(text) + " is not 8 lowercase hex digits");
+  return (uint32_t)std::stoul(text, nullptr, 16);
+}
+
+void check_crc(const std::string& text, const uint8_t* data, size_t size) {
+  if (crc_of(text, names::kDataCrc32) != crc32(data, size))
+    bad("data_crc32 mismatch: the data section is corrupted");
 }
 
 class Reader {
@@ -141,7 +145,7 @@ class Reader {
 
   Adapter read() {
     const json::Value header = read_header();
-    read_metadata(header);
+    const bool v1 = read_metadata(header) == LQ_ADAPTER_FORMAT_VERSION_1;
     for (const auto& m : header.members)
       if (m.first != names::kMetadata)
         tensors_.emplace(m.first, read_tensor(m.first, m.second, data_size_));
@@ -152,11 +156,14 @@ class Reader {
     const json::Value mods = embedded_json(metadata_string(meta_, names::kModules), names::kModules);
     if (mods.kind != json::Value::Array) bad("__metadata__ \"modules\" must be a JSON array");
     if (mods.items.empty()) bad("the file lists no modules");
-    for (size_t k = 0; k < mods.items.size(); ++k) out.modules.push_back(read_module(k, mods.items[k]));
+    if (v1)
+      for (size_t k = 0; k < mods.items.size(); ++k) out.modules.push_back(read_module_v1(k, mods.items[k]));
+    else
+      read_modules(mods, out);
     read_extras(out);
     for (const auto& kv : tensors_)
       if (!used_.count(kv.first))
-        bad("tensor " + quoted(kv.first) + " is neither a module's blob or sigma nor a listed extra");
+        bad("tensor " + quoted(kv.first) + " belongs to no module and is not a listed extra");
     out.peft_config_json = metadata_string(meta_, names::kPeftConfig);
     if (embedded_json(out.peft_config_json, names::kPeftConfig).kind != json::Value::Object)
       bad("__metadata__ \"peft_config\" must be a JSON object");
@@ -187,7 +194,8 @@ class Reader {
     return h;
   }
 
-  void read_metadata(const json::Value& header) {
+  // Checks the format and returns the version, one this reader knows.
+  std::string read_metadata(const json::Value& header) {
     const json::Value* meta = header.find(names::kMetadata);
     if (!meta) bad("no __metadata__: a safetensors file, but not a loraquant adapter");
     if (meta->kind != json::Value::Object) bad("__metadata__ is not a JSON object");
@@ -197,8 +205,10 @@ class Reader {
     if (format != LQ_ADAPTER_FORMAT)
       bad("format is " + quoted(format) + ", not '" LQ_ADAPTER_FORMAT "': not a loraquant adapter");
     const std::string version = metadata_string(meta_, names::kFormatVersion);
-    if (version != LQ_ADAPTER_FORMAT_VERSION)
-      bad("unsupported format_version " + quoted(version) + " (this reader knows " LQ_ADAPTER_FORMAT_VERSION ")");
+    if (version != LQ_ADAPTER_FORMAT_VERSION && version != LQ_ADAPTER_FORMAT_VERSION_1)
+      bad("unsupported format_version " + quoted(version) + " (this reader knows " LQ_ADAPTER_FORMAT_VERSION_1
+          " and " LQ_ADAPTER_FORMAT_VERSION ")");
+    return version;
   }
 
   const Tensor& tensor(const std::string& name, const std::string& owner) {
@@ -208,14 +218,77 @@ class Reader {
     return it->second;
   }
 
-  AdapterModule read_module(size_t k, const json::Value& e) {
+  static Module read_blob(const uint8_t* blob, uint64_t size, const std::string& what) {
+    try {
+      return Module::from_bytes(blob, (size_t)size);
+    } catch (const FormatError& err) {
+      bad(what + " blob: " + err.what());
+    }
+  }
+
+  // r singular values at `at` in the data section, copied out: alignment is not assumed.
+  static std::vector<float> read_sigma(const uint8_t* at, uint32_t r, const std::string& what) {
+    std::vector<float> sigma(r);
+    if (r) std::memcpy(sigma.data(), at, (size_t)r * sizeof(float));
+    for (float s : sigma)
+      if (!(s >= 0.0f) || !std::isfinite(s)) bad(what + " sigma holds a value that is not finite and >= 0");
+    return sigma;
+  }
+
+  // Version 2: [name, blob_bytes, scaling] per module; the blobs and singular values
+  // follow one another in "lq.blobs" and "lq.sigma" and fill them.
+  void read_modules(const json::Value& mods, Adapter& out) {
+    const std::string prefix = metadata_string(meta_, names::kModulePrefix);
+    const std::string& text = meta_[names::kModules];  // present: mods was parsed from it
+    if (crc_of(metadata_string(meta_, names::kModulesCrc32), names::kModulesCrc32) !=
+        crc32(reinterpret_cast<const uint8_t*>(text.data()), text.size(),
+              crc32(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size())))
+      bad("modules_crc32 mismatch: the module names or entries are corrupted");
+    const Tensor& blobs = tensor(names::kBlobs, "the modules");
+    if (blobs.dtype != "U8" || blobs.shape.size() != 1) bad("tensor 'lq.blobs' must be U8 [bytes]");
+    const Tensor& sigma = tensor(names::kSigma, "the modules");
+    if (sigma.dtype != "F32" || sigma.shape.size() != 1) bad("tensor 'lq.sigma' must be F32 [values]");
+    std::unordered_set<std::string> seen;
+    uint64_t at = blobs.begin, sv = 0;  // the next blob, the singular values taken
+    for (size_t k = 0; k < mods.items.size(); ++k) {
+      const json::Value& e = mods.items[k];
+      std::string what = "modules[" + std::to_string(k) + "]";
+      if (e.kind != json::Value::Array || e.items.size() != 3) bad(what + " must be [name, blob_bytes, scaling]");
+      AdapterModule am;
+      am.name = prefix + json::as_string(e.items[0], what + " name");
+      if (am.name.empty()) bad(what + " has an empty name");
+      if (am.name.find('\0') != std::string::npos)  // the C API hands names out NUL-terminated
+        bad(what + ": a name must not contain NUL");
+      if (!seen.insert(am.name).second) bad("module " + quoted(am.name) + " appears twice");
+      what = "module " + quoted(am.name);
+      const uint64_t bytes = json::as_uint(e.items[1], blobs.end - at, what + " blob_bytes (what 'lq.blobs' has left)");
+      am.scaling = json::as_double(e.items[2], what + " scaling");
+      am.module = read_blob(data_ + at, bytes, what);
+      at += bytes;
+      const uint32_t r = am.module.r();
+      if (r > sigma.shape[0] - sv)
+        bad(what + ": 'lq.sigma' has " + std::to_string(sigma.shape[0] - sv) + " values left for rank " +
+            std::to_string(r));
+      am.sigma = read_sigma(data_ + sigma.begin + 4 * sv, r, what);
+      sv += r;
+      out.modules.push_back(std::move(am));
+    }
+    if (at != blobs.end)
+      bad("tensor 'lq.blobs' has " + std::to_string(blobs.end - at) + " bytes after the last module's blob");
+    if (sv != sigma.shape[0])
+      bad("tensor 'lq.sigma' has " + std::to_string(sigma.shape[0] - sv) + " values beyond the modules' ranks");
+  }
+
+  // Version 1: an object per module, its blob and sigma in tensors of their own.
+  AdapterModule read_module_v1(size_t k, const json::Value& e) {
     std::string what = "modules[" + std::to_string(k) + "]";
     if (e.kind != json::Value::Object) bad(what + " is not a JSON object");
-    for (const char* key : names::kModuleKeys)
+    for (const char* key : names::kModuleKeysV1)
       if (!e.find(key)) bad(what + " has no \"" + key + "\"");
     AdapterModule am;
     am.name = json::as_string(*e.find("name"), what + " name");
     if (am.name.empty()) bad(what + " has an empty name");
+    if (am.name.find('\0') != std::string::npos) bad(what + ": a name must not contain NUL");
     what = "module " + quoted(am.name);
     const uint64_t m = json::as_uint(*e.find("m"), LQ_MAX_DIM, what + " m");
     const uint64_t n = json::as_uint(*e.find("n"), LQ_MAX_DIM, what + " n");
@@ -226,13 +299,9 @@ class Reader {
     if (w.kind != json::Value::Array || w.items.size() != r)
       bad(what + " widths must be an array of r = " + std::to_string(r) + " pairs [b_width, a_width]");
 
-    const Tensor& blob = tensor(names::blob_tensor(am.name), what);
+    const Tensor& blob = tensor(names::blob_tensor_v1(am.name), what);
     if (blob.dtype != "U8" || blob.shape.size() != 1) bad(what + " blob must be U8 [bytes]");
-    try {
-      am.module = Module::from_bytes(data_ + blob.begin, (size_t)(blob.end - blob.begin));
-    } catch (const FormatError& err) {
-      bad(what + " blob: " + err.what());
-    }
+    am.module = read_blob(data_ + blob.begin, blob.end - blob.begin, what);
     const Module& mod = am.module;
     if (mod.m() != m || mod.n() != n || mod.r() != r || mod.group_size() != g)
       bad(what + ": entry says m, n, r, group_size = " + std::to_string(m) + ", " + std::to_string(n) +
@@ -248,14 +317,10 @@ class Reader {
         bad(wi + " disagrees with its blob");
     }
 
-    const Tensor& sig = tensor(names::sigma_tensor(am.name), what);
-    // Tensors are copied out, never read in place: their alignment is not assumed.
+    const Tensor& sig = tensor(names::sigma_tensor_v1(am.name), what);
     if (sig.dtype != "F32" || sig.shape.size() != 1 || sig.shape[0] != r)
       bad(what + " sigma must be F32 [" + std::to_string(r) + "]");
-    am.sigma.resize(r);
-    std::memcpy(am.sigma.data(), data_ + sig.begin, (size_t)r * sizeof(float));
-    for (float s : am.sigma)
-      if (!(s >= 0.0f) || !std::isfinite(s)) bad(what + " sigma holds a value that is not finite and >= 0");
+    am.sigma = read_sigma(data_ + sig.begin, (uint32_t)r, what);
     return am;
   }
 
@@ -265,6 +330,7 @@ class Reader {
     for (size_t k = 0; k < list.items.size(); ++k) {
       AdapterExtra x;
       x.name = json::as_string(list.items[k], "extras[" + std::to_string(k) + "]");
+      if (names::reserved(x.name)) bad("extra " + quoted(x.name) + ": names starting 'lq.' are the file's own");
       const Tensor& t = tensor(x.name, "extra " + quoted(x.name));
       x.dtype = t.dtype;
       x.shape = t.shape;

@@ -1,4 +1,4 @@
-// Writer of the compressed-adapter file (format.h): validate, lay out, checksum, write.
+// Writer of the compressed-adapter file (format.h, version 2): validate, lay out, checksum, write.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -42,22 +42,15 @@ void check_name(const std::string& name, const std::string& what,
   if (!taken.insert(name).second) invalid("the tensor name '" + name + "' is used twice (" + what + ")");
 }
 
-json::Value module_entry(const AdapterModule& am) {
-  const Module& mod = am.module;
-  json::Value widths = json::Value::array();
-  for (uint32_t i = 0; i < mod.r(); ++i)
-    widths.push(json::Value::array()
-                    .push(json::Value::number((uint64_t)mod.b_width(i)))
-                    .push(json::Value::number((uint64_t)mod.a_width(i))));
-  json::Value e = json::Value::object();
-  e.add("name", json::Value::string(am.name))
-      .add("m", json::Value::number((uint64_t)mod.m()))
-      .add("n", json::Value::number((uint64_t)mod.n()))
-      .add("r", json::Value::number((uint64_t)mod.r()))
-      .add("group_size", json::Value::number((uint64_t)mod.group_size()))
-      .add("scaling", json::Value::number(am.scaling))
-      .add("widths", std::move(widths));
-  return e;
+// The longest common prefix of the names that ends in '.' (format.h, "module_prefix").
+std::string module_prefix(const std::vector<AdapterModule>& modules) {
+  std::string prefix = modules.front().name;
+  for (const AdapterModule& am : modules) {
+    size_t k = 0;
+    while (k < prefix.size() && k < am.name.size() && prefix[k] == am.name[k]) ++k;
+    prefix.resize(k);
+  }
+  return prefix.substr(0, prefix.rfind('.') + 1);  // npos + 1 == 0: no '.', no prefix
 }
 
 std::string peft_config_text(const std::string& text) {
@@ -86,13 +79,14 @@ std::string hex8(uint32_t v) {
 }  // namespace
 
 std::vector<uint8_t> serialize_adapter(const Adapter& a) {
-  std::unordered_set<std::string> taken;
-  std::vector<std::vector<uint8_t>> blobs;  // keeps each module's bytes alive
+  std::unordered_set<std::string> module_names, taken = {names::kBlobs, names::kSigma};
+  std::vector<uint8_t> blobs;  // every module's blob, back to back (format.h, version 2)
+  std::vector<float> sigma;    // every module's singular values
   std::vector<Pending> tensors;
   json::Value modules = json::Value::array(), extras = json::Value::array();
-  blobs.reserve(a.modules.size());
 
   if (a.modules.empty()) invalid("an adapter needs at least one module");
+  const std::string prefix = module_prefix(a.modules);
   for (const AdapterModule& am : a.modules) {
     const std::string what = "module '" + am.name + "'";
     if (am.module.r() == 0) invalid(what + " holds no module (default-constructed)");
@@ -102,19 +96,24 @@ std::vector<uint8_t> serialize_adapter(const Adapter& a) {
               std::to_string(am.module.r()));
     for (float sv : am.sigma)
       if (!(sv >= 0.0f) || !std::isfinite(sv)) invalid(what + " has a singular value that is not finite and >= 0");
-    check_name(am.name, what, taken);
-    const std::string blob = names::blob_tensor(am.name), sigma = names::sigma_tensor(am.name);
-    check_name(blob, what, taken);
-    check_name(sigma, what, taken);
-    blobs.push_back(am.module.to_bytes());
-    tensors.push_back({blob, "U8", {blobs.back().size()}, blobs.back().data(), blobs.back().size(), kBlobAlign});
-    tensors.push_back({sigma, "F32", {am.sigma.size()},
-                       reinterpret_cast<const uint8_t*>(am.sigma.data()), am.sigma.size() * 4, 4});
-    modules.push(module_entry(am));
+    if (am.name.empty()) invalid("a module has an empty name");
+    if (!json::valid_utf8(am.name)) invalid(what + " name is not valid UTF-8");
+    if (am.name.find('\0') != std::string::npos) invalid("a module name contains NUL");
+    if (!module_names.insert(am.name).second) invalid("the module name '" + am.name + "' is used twice");
+    const std::vector<uint8_t> blob = am.module.to_bytes();
+    blobs.insert(blobs.end(), blob.begin(), blob.end());
+    sigma.insert(sigma.end(), am.sigma.begin(), am.sigma.end());
+    modules.push(json::Value::array()
+                     .push(json::Value::string(am.name.substr(prefix.size())))
+                     .push(json::Value::number((uint64_t)blob.size()))
+                     .push(json::Value::number(am.scaling)));
   }
+  tensors.push_back({names::kBlobs, "U8", {blobs.size()}, blobs.data(), blobs.size(), kBlobAlign});
+  tensors.push_back({names::kSigma, "F32", {sigma.size()}, reinterpret_cast<const uint8_t*>(sigma.data()),
+                     sigma.size() * sizeof(float), sizeof(float)});
   for (const AdapterExtra& x : a.extras) {
     const std::string what = "extra '" + x.name + "'";
-    if (x.name.rfind("lq.", 0) == 0) invalid(what + ": extra names must not start with 'lq.'");
+    if (names::reserved(x.name)) invalid(what + ": extra names must not start with 'lq.'");
     check_name(x.name, what, taken);
     const size_t item = dtype_size(x.dtype);
     if (item == 0) invalid(what + " has unknown dtype '" + x.dtype + "'");
@@ -130,6 +129,11 @@ std::vector<uint8_t> serialize_adapter(const Adapter& a) {
     extras.push(json::Value::string(x.name));
   }
   const std::string peft = peft_config_text(a.peft_config_json);
+
+  const std::string modules_text = json::dump(modules);
+  const uint32_t modules_crc =
+      crc32(reinterpret_cast<const uint8_t*>(modules_text.data()), modules_text.size(),
+            crc32(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size()));
 
   std::stable_sort(tensors.begin(), tensors.end(),
                    [](const Pending& p, const Pending& q) { return p.align > q.align; });
@@ -149,7 +153,9 @@ std::vector<uint8_t> serialize_adapter(const Adapter& a) {
   }
   header.members[0].second.add(names::kFormat, json::Value::string(LQ_ADAPTER_FORMAT))
       .add(names::kFormatVersion, json::Value::string(LQ_ADAPTER_FORMAT_VERSION))
-      .add(names::kModules, json::Value::string(json::dump(modules)))
+      .add(names::kModulePrefix, json::Value::string(prefix))
+      .add(names::kModules, json::Value::string(modules_text))
+      .add(names::kModulesCrc32, json::Value::string(hex8(modules_crc)))
       .add(names::kExtras, json::Value::string(json::dump(extras)))
       .add(names::kPeftConfig, json::Value::string(peft))
       .add(names::kDataCrc32, json::Value::string(hex8(crc32(data.data(), data.size()))));

@@ -1,6 +1,7 @@
 // The compressed-adapter file: exact round trips in memory and on disk, the
 // safetensors layout format.h promises, atomic writes, and every truncation and byte
 // flip of a small file rejected (or, in the JSON header, harmless to every module).
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -79,19 +80,25 @@ LQ_TEST(adapter_file_is_the_safetensors_layout_of_format_h) {
   CHECK_EQ(meta->find("format")->text, std::string(LQ_ADAPTER_FORMAT));
   CHECK_EQ(meta->find("format_version")->text, std::string(LQ_ADAPTER_FORMAT_VERSION));
   CHECK_EQ(meta->find("peft_config")->text, a.peft_config_json);
+  // Version 2: the names' common prefix up to a '.', then [name, blob_bytes, scaling].
+  const std::string prefix = meta->find("module_prefix")->text;
+  CHECK_EQ(prefix, std::string("base_model.model."));
   const json::Value modules = json::parse(meta->find("modules")->text);
   CHECK_EQ(modules.items.size(), a.modules.size());
-  const json::Value& m0 = modules.items[0];
-  CHECK_EQ(m0.find("name")->text, a.modules[0].name);
-  CHECK_EQ(json::as_uint(*m0.find("m"), 99, "m"), (uint64_t)a.modules[0].module.m());
-  const json::Value& w0 = m0.find("widths")->items[0];  // [b_width, a_width]
-  CHECK_EQ(json::as_uint(w0.items[0], 8, "b"), (uint64_t)a.modules[0].module.b_width(0));
-  CHECK_EQ(json::as_uint(w0.items[1], 8, "a"), (uint64_t)a.modules[0].module.a_width(0));
-  CHECK_EQ(json::as_double(*m0.find("scaling"), "s"), a.modules[0].scaling);
+  std::vector<uint64_t> blob_bytes;
+  for (size_t k = 0; k < std::min(modules.items.size(), a.modules.size()); ++k) {
+    const json::Value& e = modules.items[k];
+    CHECK_EQ(e.items.size(), (size_t)3);
+    CHECK_EQ(prefix + e.items[0].text, a.modules[k].name);
+    blob_bytes.push_back(json::as_uint(e.items[1], UINT64_MAX, "blob_bytes"));
+    CHECK_EQ(blob_bytes.back(), (uint64_t)a.modules[k].module.to_bytes().size());
+    CHECK_EQ(blob_bytes.back() % 4, (uint64_t)0);  // blobs are whole uint32 words
+    CHECK_EQ(json::as_double(e.items[2], "scaling"), a.modules[k].scaling);
+  }
   CHECK_EQ(json::parse(meta->find("extras")->text).items.size(), a.extras.size());
   // Tensors tile the data section in header order, and each starts at a multiple of
-  // its item size (blobs: 4, for their uint32 code words).
-  uint64_t at = 0;
+  // its item size (lq.blobs: 4, for the uint32 code words of every blob in it).
+  uint64_t at = 0, blobs_at = 0;
   size_t tensors = 0;
   bool aligned = true;
   for (const auto& kv : h.members) {
@@ -99,19 +106,42 @@ LQ_TEST(adapter_file_is_the_safetensors_layout_of_format_h) {
     ++tensors;
     const json::Value& off = *kv.second.find("data_offsets");
     CHECK_EQ(json::as_uint(off.items[0], UINT64_MAX, "begin"), at);
-    const bool blob = kv.first.rfind("lq.", 0) == 0 && kv.first.size() > 5 &&
-                      kv.first.compare(kv.first.size() - 5, 5, ".blob") == 0;
-    aligned = aligned && at % (blob ? 4 : lq::dtype_size(kv.second.find("dtype")->text)) == 0;
+    const bool blobs = kv.first == "lq.blobs";
+    if (blobs) blobs_at = at;
+    aligned = aligned && at % (blobs ? 4 : lq::dtype_size(kv.second.find("dtype")->text)) == 0;
     at = json::as_uint(off.items[1], UINT64_MAX, "end");
   }
   CHECK(aligned);
   CHECK_EQ(at, f.size() - 8 - n);
-  CHECK_EQ(tensors, 2 * a.modules.size() + a.extras.size());
-  const json::Value* blob = h.find("lq." + a.modules[1].name + ".blob");
-  CHECK(blob && blob->find("dtype")->text == "U8");
+  CHECK_EQ(tensors, 2 + a.extras.size());
+  const json::Value* blobs = h.find("lq.blobs");
+  CHECK(blobs && blobs->find("dtype")->text == "U8");
+  const json::Value* sigma = h.find("lq.sigma");
+  CHECK(sigma && sigma->find("dtype")->text == "F32");
+  // The second module's blob follows the first in lq.blobs, byte for byte.
+  const std::vector<uint8_t> second = a.modules[1].module.to_bytes();
+  const uint8_t* in_file = f.data() + 8 + n + blobs_at + blob_bytes[0];
+  CHECK(std::equal(second.begin(), second.end(), in_file));
   char crc[9];
   std::snprintf(crc, sizeof crc, "%08x", lq::crc32(f.data() + 8 + n, f.size() - 8 - n));
   CHECK_EQ(meta->find("data_crc32")->text, std::string(crc));
+}
+
+LQ_TEST(adapter_file_reads_version_1) {
+  // tests/data/adapter-v1.lqa: written by loraquant.save before version 2 (see
+  // tests/data/README.md); read, then written as version 2, it reads back the same.
+  const lq::Adapter v1 = lq::read_adapter_file(LQ_TEST_DATA_DIR "/adapter-v1.lqa");
+  CHECK_EQ(v1.modules.size(), (size_t)2);
+  if (v1.modules.size() == 2) {
+    CHECK_EQ(v1.modules[0].name, std::string("base_model.model.layers.0.q_proj"));
+    CHECK_EQ(v1.modules[1].name, std::string("base_model.model.layers.0.v_proj"));
+    CHECK_EQ(v1.modules[0].scaling, 2.0);
+    CHECK_EQ(v1.modules[1].scaling, 0.5);
+    CHECK_EQ(v1.modules[0].sigma.size(), (size_t)v1.modules[0].module.r());
+  }
+  CHECK_EQ(v1.extras.size(), (size_t)3);
+  const std::vector<uint8_t> v2 = lq::serialize_adapter(v1);
+  check_same(v1, lq::parse_adapter(v2.data(), v2.size()));
 }
 
 LQ_TEST(adapter_file_write_is_atomic_and_reads_back) {

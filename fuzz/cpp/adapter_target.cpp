@@ -3,16 +3,19 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "json.h"  // private to the core (cpp/src): the header is parsed to fix a checksum
 #include "loraquant/adapter_file.h"
 #include "targets.h"
 
 namespace lq_fuzz {
 
 namespace lq = loraquant;
+namespace json = loraquant::json;
 
 namespace {
 
 const char kCrcKey[] = "\"data_crc32\"";
+const char kModulesCrcKey[] = "\"modules_crc32\"";
 
 bool same(const lq::Adapter& a, const lq::Adapter& b) {
   if (a.modules.size() != b.modules.size() || a.extras.size() != b.extras.size() ||
@@ -59,24 +62,43 @@ void parse_and_check(const uint8_t* data, size_t size) {
   for (const lq::AdapterModule& m : a.modules) exercise(m.module);
 }
 
-// The bytes with the header's data_crc32 made to match the data section, so that
-// mutations of the data reach the checks behind the checksum (unchanged if the header
-// has no data_crc32 followed by 8 characters in quotes).
-std::vector<uint8_t> with_matching_crc(const uint8_t* data, size_t size) {
+// Overwrite the 8 characters in quotes after `key` in the header text at `head` (n
+// bytes) with the hex of `crc`; nothing if the header has no such key and value.
+void patch_crc(uint8_t* head, size_t n, const char* key, uint32_t crc) {
+  const std::string text(reinterpret_cast<const char*>(head), n);
+  const size_t at = text.find(key);
+  if (at == std::string::npos) return;
+  const size_t open = text.find('"', at + std::strlen(key));
+  if (open == std::string::npos || open + 9 >= text.size() || text[open + 9] != '"') return;
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08x", crc);
+  std::memcpy(head + open + 1, hex, 8);
+}
+
+// The bytes with the header's data_crc32 made to match the data section, and its
+// modules_crc32 the module_prefix and modules strings (when the header parses), so
+// that mutations of the data and of the module entries reach the checks behind the
+// checksums.
+std::vector<uint8_t> with_matching_crcs(const uint8_t* data, size_t size) {
   std::vector<uint8_t> out(data, data + size);
   if (size < 8) return out;
   uint64_t n = 0;
   for (int k = 7; k >= 0; --k) n = (n << 8) | data[k];
   if (n > size - 8) return out;
-  const char* head = reinterpret_cast<const char*>(out.data() + 8);
-  const std::string text(head, (size_t)n);
-  const size_t key = text.find(kCrcKey);
-  if (key == std::string::npos) return out;
-  const size_t open = text.find('"', key + sizeof kCrcKey - 1);
-  if (open == std::string::npos || open + 9 >= text.size() || text[open + 9] != '"') return out;
-  char hex[9];
-  std::snprintf(hex, sizeof hex, "%08x", lq::crc32(data + 8 + n, size - 8 - (size_t)n));
-  std::memcpy(out.data() + 8 + open + 1, hex, 8);
+  patch_crc(out.data() + 8, (size_t)n, kCrcKey, lq::crc32(data + 8 + n, size - 8 - (size_t)n));
+  try {
+    const json::Value h = json::parse(reinterpret_cast<const char*>(data + 8), (size_t)n);
+    const json::Value* meta = h.kind == json::Value::Object ? h.find("__metadata__") : nullptr;
+    if (!meta || meta->kind != json::Value::Object) return out;
+    const json::Value *prefix = meta->find("module_prefix"), *modules = meta->find("modules");
+    if (!prefix || !modules || prefix->kind != json::Value::String || modules->kind != json::Value::String)
+      return out;
+    const uint32_t crc = lq::crc32(reinterpret_cast<const uint8_t*>(modules->text.data()), modules->text.size(),
+                                   lq::crc32(reinterpret_cast<const uint8_t*>(prefix->text.data()),
+                                             prefix->text.size()));
+    patch_crc(out.data() + 8, (size_t)n, kModulesCrcKey, crc);
+  } catch (const lq::FormatError&) {
+  }
   return out;
 }
 
@@ -84,7 +106,7 @@ std::vector<uint8_t> with_matching_crc(const uint8_t* data, size_t size) {
 
 void fuzz_adapter(const uint8_t* data, size_t size) {
   parse_and_check(data, size);
-  const std::vector<uint8_t> fixed = with_matching_crc(data, size);
+  const std::vector<uint8_t> fixed = with_matching_crcs(data, size);
   if (size > 0 && std::memcmp(fixed.data(), data, size) != 0)
     parse_and_check(fixed.data(), fixed.size());
 }

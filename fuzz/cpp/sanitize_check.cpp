@@ -1,6 +1,6 @@
 // lq_sanitize_check: every fuzz target over a fixed, deterministic set of inputs, for
 // builds with AddressSanitizer and UBSan (tests/test_sanitizers.py). Valid blobs of
-// several shapes and an adapter file of them, each truncation, byte flips and hostile
+// several shapes, an adapter file of them and the version-1 file of tests/data, each truncation, byte flips and hostile
 // 32-bit values of them, and compress() over pseudo-random pairs of extreme magnitudes.
 //
 //   lq_sanitize_check                        the fixed set
@@ -168,6 +168,13 @@ int main(int argc, char** argv) {
   for (const Shape& s : kShapes) blobs.push_back(valid_blob(s));
   for (const auto& b : blobs) mutations(lq_fuzz::fuzz_blob, b, 4);
   mutations(lq_fuzz::fuzz_adapter, valid_file({blobs[0], blobs[2]}), 8);
+  // The format's version 1, which no writer writes any more (tests/data/README.md).
+  std::ifstream v1(LQ_V1_FILE, std::ios::binary);
+  if (!v1) {
+    std::fprintf(stderr, "cannot read %s\n", LQ_V1_FILE);
+    return 2;
+  }
+  mutations(lq_fuzz::fuzz_adapter, std::vector<uint8_t>(std::istreambuf_iterator<char>(v1), {}), 8);
   compress_inputs();
   std::printf("lq_sanitize_check: %zu inputs, no failure\n", g_inputs);
   return 0;

@@ -16,6 +16,7 @@ _SIGNATURES = {
     "lq_module_name": (C.c_int, [C.c_void_p, C.POINTER(C.c_char_p)]),
     "lq_module_scaling": (C.c_int, [C.c_void_p, C.POINTER(C.c_double)]),
     "lq_module_to_bytes": (C.c_int, [C.c_void_p, _u8p, C.c_size_t, _szp]),
+    "lq_module_sigma": (C.c_int, [C.c_void_p, C.POINTER(C.c_float), C.c_size_t, _szp]),
 }
 
 
@@ -31,8 +32,8 @@ class CReader:
             raise RuntimeError(f"C API error {code}: {self.lib.lq_last_error().decode()}")
 
     def read(self, data: bytes):
-        """[(name, scaling, module bytes)] in file order, or the error message (a str) if
-        the file is refused."""
+        """[(name, scaling, module bytes, singular values as float32 bytes)] in file
+        order, or the error message (a str) if the file is refused."""
         buf = (C.c_uint8 * max(1, len(data))).from_buffer_copy(data or b"\0")
         adapter = C.c_void_p()
         if self.lib.lq_adapter_from_memory(buf, len(data), C.byref(adapter)) != 0:
@@ -54,6 +55,10 @@ class CReader:
             self._ok(self.lib.lq_module_to_bytes(mod, None, 0, C.byref(size)))
             out = (C.c_uint8 * size.value)()
             self._ok(self.lib.lq_module_to_bytes(mod, out, size.value, C.byref(size)))
-            return name.value.decode(), scaling.value, bytes(out)
+            count = C.c_size_t()
+            self._ok(self.lib.lq_module_sigma(mod, None, 0, C.byref(count)))
+            sigma = (C.c_float * count.value)()
+            self._ok(self.lib.lq_module_sigma(mod, sigma, count.value, C.byref(count)))
+            return name.value.decode(), scaling.value, bytes(out), bytes(sigma)
         finally:
             self.lib.lq_module_free(mod)

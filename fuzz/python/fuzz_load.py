@@ -10,7 +10,7 @@ Seeds are the valid files and blobs of fuzz/make_seeds.py. For every mutated inp
                 adapter must apply and survive save + load unchanged.
   from_bytes    raises FormatError, or returns a module whose to_bytes() is the input.
 With --c-library, the C++ reader (through the C API) must accept exactly the same
-files and read the same modules (names, scalings, blobs) from them.
+files and read the same modules (names, scalings, blobs, singular values) from them.
 Any other exception (warnings included), an input that takes over SLOW_SECONDS, or peak memory growing by
 more than RSS_GROWTH_MB is a failure: the input goes to --crashes and the exit status
 is 1. The same seed always replays the same inputs.
@@ -86,7 +86,8 @@ def agree(reader, data: bytes, got) -> None:
                         (f", the C++ reader refuses it: {theirs}" if isinstance(theirs, str)
                          else ", the C++ reader accepts it"))
     if got is not None:
-        ours = [(name, got.scalings[name], q.to_bytes()) for name, q in got.items()]
+        ours = [(name, got.scalings[name], q.to_bytes(), q.singular_values.astype("<f4").tobytes())
+                for name, q in got.items()]
         if ours != theirs:
             raise Violation("the readers read different modules from the file")
 

@@ -13,6 +13,7 @@ import struct
 import zlib
 
 from loraquant import _core
+from loraquant.adapter_file import modules_crc32
 
 HEADER = struct.Struct("<Q")
 BLOB_HEADER = _core.BLOB_HEADER_BYTES
@@ -35,6 +36,28 @@ def split(data: bytes):
 
 def join(header_text: bytes, body: bytes) -> bytes:
     return HEADER.pack(len(header_text)) + header_text + body
+
+
+def fix_modules_crc(meta: dict) -> None:
+    """Make a version-2 header's modules_crc32 match its module_prefix and modules."""
+    prefix, modules = meta.get("module_prefix"), meta.get("modules")
+    if "modules_crc32" in meta and isinstance(prefix, str) and isinstance(modules, str):
+        meta["modules_crc32"] = f"{modules_crc32(prefix, modules):08x}"
+
+
+def blob_spans(header: dict) -> dict:
+    """Module name -> (begin, end) of its blob in the data section of a well-formed
+    file of either version (format.h): a tensor of its own in version 1, a run of
+    "lq.blobs" in version 2."""
+    meta = header["__metadata__"]
+    modules = json.loads(meta["modules"])
+    if meta["format_version"] == "1":
+        return {m["name"]: tuple(header[f"lq.{m['name']}.blob"]["data_offsets"]) for m in modules}
+    at, spans = header["lq.blobs"]["data_offsets"][0], {}
+    for name, size, _ in modules:
+        spans[meta["module_prefix"] + name] = (at, at + size)
+        at += size
+    return spans
 
 
 # --- byte level -------------------------------------------------------------------
@@ -94,9 +117,10 @@ def _replace(obj, path, text):
     return json.dumps(obj).replace(json.dumps(marker), text)
 
 
-def json_value(rng, data):
+def json_value(rng, data, fix_crc=False):
     """A hostile value anywhere in the header, or inside one of the metadata strings
-    that hold JSON (modules, extras, peft_config)."""
+    that hold JSON (modules, extras, peft_config); with fix_crc, modules_crc32 is made
+    to match, so that a change of the module entries reaches the checks behind it."""
     header, body = split(data)
     meta = header.get("__metadata__", {})
     value = rng.choice(HOSTILE_JSON + [str(v) for v in HOSTILE_INTS])
@@ -106,9 +130,16 @@ def json_value(rng, data):
         obj = json.loads(meta[key])
         path = rng.choice(list(_paths(obj)))
         meta[key] = _replace(obj, path, value)
+        if fix_crc:
+            fix_modules_crc(meta)
         return join(json.dumps(header).encode(), body), f"metadata {key}{list(path)} = {value[:20]}"
     path = rng.choice(list(_paths(header)))
     return join(_replace(header, path, value).encode(), body), f"header{list(path)} = {value[:20]}"
+
+
+def json_value_fixed(rng, data):
+    data, desc = json_value(rng, data, fix_crc=True)
+    return data, desc + " (modules_crc32 fixed)"
 
 
 def json_key(rng, data):
@@ -143,9 +174,9 @@ def data_with_crc(rng, data):
     for _ in range(rng.randint(1, 3)):
         k = rng.randrange(begin, end)
         body[k] = rng.choice([0, 0xFF, body[k] ^ (1 << rng.randrange(8)), rng.randrange(256)])
-    if name.endswith(".blob") and end - begin >= BLOB_HEADER:
-        blob = fix_blob_crc(bytes(body[begin:end]))
-        body[begin:end] = blob
+    for b, e in blob_spans(header).values():
+        if begin <= b < end and e - b >= BLOB_HEADER:
+            body[b:e] = fix_blob_crc(bytes(body[b:e]))
     header["__metadata__"]["data_crc32"] = f"{zlib.crc32(body):08x}"
     return join(json.dumps(header).encode(), bytes(body)), f"data of {name} (checksums fixed)"
 
@@ -158,7 +189,8 @@ def fix_blob_crc(blob: bytes) -> bytes:
 
 
 FILE_MUTATIONS = [(flip_bits, True), (hostile_word, True), (cut, True), (splice, True),
-                  (json_value, True), (json_key, True), (data_with_crc, False)]
+                  (json_value, True), (json_key, True), (data_with_crc, False),
+                  (json_value_fixed, False)]
 
 
 def mutate_file(rng: random.Random, data: bytes):

@@ -36,6 +36,8 @@ MAX_JSON_DEPTH = 64
 #: dimensions and offsets are int64 for torch and numpy
 MAX_DIM = 2 ** 63 - 1
 _LEN = struct.Struct("<Q")
+#: the header key of the metadata object (no tensor may take it)
+METADATA = "__metadata__"
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def encode_header(ordered: list[Tensor], metadata: dict) -> bytes:
     """The 8-byte length plus the JSON header for tensors written back to back in
     `ordered` order. The JSON is padded with spaces so that the data section starts
     at a multiple of 8 bytes."""
-    header = {"__metadata__": metadata}
+    header = {METADATA: metadata}
     pos = 0
     for t in ordered:
         header[t.name] = {"dtype": t.dtype, "shape": list(t.shape),
@@ -115,7 +117,7 @@ def read_header(f, file_size: int) -> tuple[dict, dict, int]:
         raise FormatError(f"could read only {len(raw)} of {n} header bytes")
     header = _parse_json(raw)
     data_len = file_size - _LEN.size - n
-    meta = header.pop("__metadata__", {})
+    meta = header.pop(METADATA, {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise FormatError("__metadata__ must be an object of string values")
     entries = {name: _entry(name, desc, data_len) for name, desc in header.items()}
@@ -169,7 +171,27 @@ def parse_json(text: str, what: str):
         raise FormatError(f"{what} nests too deeply to parse") from None
     if json_depth(obj) > MAX_JSON_DEPTH:
         raise FormatError(f"{what} nests arrays and objects deeper than {MAX_JSON_DEPTH}")
+    _check_strings(obj, what)
     return obj
+
+
+def _check_strings(obj, what: str) -> None:
+    """Every key and string is Unicode text: json reads "\\ud800" (half of a surrogate
+    pair) as a string that no UTF-8 can hold, and the C++ reader refuses it."""
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise FormatError(f"{what} holds the lone surrogate \\u{ord(value[e.start]):04x}, "
+                                  f"which is not text") from None
 
 
 def json_depth(obj) -> int:

@@ -1,10 +1,10 @@
 """One compressed adapter in one file: loraquant.save and loraquant.load.
 
 The file is a safetensors container whose layout is specified at the end of
-cpp/include/loraquant/format.h (the one place it is documented). save() writes it
-atomically; load() checks sizes, offsets, the version, the CRC-32 and every module's
-blob header before it returns anything, and raises FormatError (a ValueError) naming
-the problem otherwise. Nothing is ever unpickled.
+cpp/include/loraquant/format.h (the one place it is documented). save() writes version
+2 atomically; load() reads versions 1 and 2, checks sizes, offsets, the version, the
+CRC-32 and every module's blob header before it returns anything, and raises
+FormatError (a ValueError) naming the problem otherwise. Nothing is ever unpickled.
 """
 from __future__ import annotations
 
@@ -28,17 +28,27 @@ from ._api import QuantizedLoRA
 from ._core import FormatError
 
 FORMAT = "loraquant-adapter"      # LQ_ADAPTER_FORMAT
-FORMAT_VERSION = "1"              # LQ_ADAPTER_FORMAT_VERSION
+FORMAT_VERSION = "2"              # LQ_ADAPTER_FORMAT_VERSION: what save() writes
+FORMAT_VERSION_1 = "1"            # LQ_ADAPTER_FORMAT_VERSION_1: still read
 BLOB_ALIGN = 4                    # blobs hold uint32 code words
+BLOBS = "lq.blobs"                # version 2: every module's blob, back to back
+SIGMA = "lq.sigma"                # version 2: every module's singular values
+RESERVED = "lq."                  # the file's own tensor names start so; no extra's may
 _CRC_TEXT = re.compile(r"[0-9a-f]{8}")
 
 
-def blob_name(module: str) -> str:
+def blob_name_v1(module: str) -> str:
     return f"lq.{module}.blob"
 
 
-def sigma_name(module: str) -> str:
+def sigma_name_v1(module: str) -> str:
     return f"lq.{module}.sigma"
+
+
+def module_prefix(names) -> str:
+    """The longest common prefix of the names that ends in '.' (format.h)."""
+    prefix = os.path.commonprefix(list(names))
+    return prefix[:prefix.rfind(".") + 1]
 
 
 class CompressedAdapter(Mapping):
@@ -121,11 +131,12 @@ def save(path, adapter, *, peft_config=None, extras=None, scalings=None) -> None
     destination) raise the OSError subclass with `path` in the message.
     """
     adapter = _as_adapter(adapter, peft_config, extras, scalings)
-    ordered = st.layout(_tensors(adapter))
+    tensors, blob_bytes = _tensors(adapter)
+    ordered = st.layout(tensors)
     crc = 0
     for t in ordered:
         crc = zlib.crc32(t.data, crc)
-    header = st.encode_header(ordered, _metadata(adapter, crc))
+    header = st.encode_header(ordered, _metadata(adapter, blob_bytes, crc))
     _atomic_write(os.fspath(path), [header] + [t.data for t in ordered])
 
 
@@ -158,22 +169,26 @@ def _sigma(q: QuantizedLoRA) -> np.ndarray:
 
 
 def _tensors(adapter: CompressedAdapter) -> list:
-    out = []
+    """(tensors, blob length of each module) of version 2: lq.blobs, lq.sigma, extras."""
+    blobs, sigmas = [], []
     for name, q in adapter.items():
-        blob = q.to_bytes()
-        out.append(st.Tensor(blob_name(name), "U8", (len(blob),), blob, BLOB_ALIGN))
+        blobs.append(q.to_bytes())
         try:
-            sigma = _sigma(q)
+            sigmas.append(_sigma(q))
         except ValueError as e:
             raise ValueError(f"module {name!r}: {e}") from None
-        out.append(st.Tensor(sigma_name(name), "F32", (q.rank,), sigma.tobytes(), 4))
-    taken = {t.name for t in out}
+    joined = b"".join(blobs)
+    sigma = np.concatenate(sigmas)
+    out = [st.Tensor(BLOBS, "U8", (len(joined),), joined, BLOB_ALIGN),
+           st.Tensor(SIGMA, "F32", (len(sigma),), sigma.tobytes(), 4)]
     for name, t in adapter.extras.items():
-        if not isinstance(name, str) or not name or name.startswith("lq.") or name in taken:
+        if (not isinstance(name, str) or not name or name.startswith(RESERVED)
+                or name == st.METADATA):
             raise ValueError(f"extra tensor name {name!r} is not allowed: names must be "
-                             f"non-empty and must not start with 'lq.'")
+                             f"non-empty, not {st.METADATA!r}, and must not start with "
+                             f"{RESERVED!r}")
         out.append(_extra_tensor(name, t))
-    return out
+    return out, [len(b) for b in blobs]
 
 
 def _extra_tensor(name: str, t) -> st.Tensor:
@@ -187,10 +202,13 @@ def _extra_tensor(name: str, t) -> st.Tensor:
     return st.Tensor(name, dtype, tuple(t.shape), data, flat.element_size())
 
 
-def _metadata(adapter: CompressedAdapter, crc: int) -> dict:
-    modules = [{"name": name, "m": q.shape[0], "n": q.shape[1], "r": q.rank,
-                "group_size": q.group_size, "scaling": adapter.scalings[name],
-                "widths": [list(w) for w in q.widths]} for name, q in adapter.items()]
+def _metadata(adapter: CompressedAdapter, blob_bytes: list, crc: int) -> dict:
+    for name in adapter:
+        if "\0" in name:
+            raise ValueError(f"module name {name!r} contains NUL, which readers refuse")
+    prefix = module_prefix(adapter)
+    modules = [[name[len(prefix):], size, adapter.scalings[name]]
+               for name, size in zip(adapter, blob_bytes)]
     if st.json_depth(adapter.peft_config) > st.MAX_JSON_DEPTH:
         raise ValueError(f"peft_config nests deeper than {st.MAX_JSON_DEPTH}, which the "
                          f"C++ reader refuses")
@@ -198,10 +216,16 @@ def _metadata(adapter: CompressedAdapter, crc: int) -> dict:
         config = json.dumps(adapter.peft_config, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"peft_config cannot be stored as JSON: {e}") from None
-    return {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "modules": json.dumps(modules, allow_nan=False),
-            "extras": json.dumps(list(adapter.extras)),
+    modules_text = json.dumps(modules, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "module_prefix": prefix,
+            "modules": modules_text, "modules_crc32": f"{modules_crc32(prefix, modules_text):08x}",
+            "extras": json.dumps(list(adapter.extras), ensure_ascii=False, separators=(",", ":")),
             "peft_config": config, "data_crc32": f"{crc:08x}"}
+
+
+def modules_crc32(prefix: str, modules: str) -> int:
+    """CRC-32 of module_prefix then modules, as UTF-8 (format.h, version 2)."""
+    return zlib.crc32(modules.encode("utf-8"), zlib.crc32(prefix.encode("utf-8")))
 
 
 def _atomic_write(path: str, chunks) -> None:
@@ -277,14 +301,20 @@ def _open_regular_file(path: str):
 
 def _read(f, size: int) -> CompressedAdapter:
     entries, meta, data_start = st.read_header(f, size)
-    _check_format(meta)
-    modules = [_module_entry(i, e) for i, e in enumerate(_json_field(meta, "modules", list))]
+    v1 = _check_format(meta) == FORMAT_VERSION_1
+    modules = _json_field(meta, "modules", list)
+    if not modules:
+        raise FormatError("the file lists no modules")
     extras = _json_field(meta, "extras", list)
     peft_config = _json_field(meta, "peft_config", dict)
-    crc_text = meta.get("data_crc32")
-    if not isinstance(crc_text, str) or not _CRC_TEXT.fullmatch(crc_text):
-        raise FormatError(f"data_crc32 must be 8 lowercase hex digits, got {crc_text!r}")
-    _check_names(entries, [m["name"] for m in modules], extras)
+    crc_text = _crc_text(meta, "data_crc32")
+    if v1:
+        modules = [_module_entry_v1(i, e) for i, e in enumerate(modules)]
+        owned = _module_tensors_v1(entries, [m["name"] for m in modules])
+    else:
+        modules = _module_entries(meta, modules)
+        owned = {BLOBS, SIGMA}
+    _check_names(entries, owned, extras)
 
     data = memoryview(f.read(size - data_start))
     if len(data) != size - data_start:
@@ -294,23 +324,30 @@ def _read(f, size: int) -> CompressedAdapter:
         raise FormatError(f"data CRC-32 is {crc:08x} but the header says {crc_text}: "
                           f"the file is corrupt")
 
-    out = {}
-    for m in modules:
-        out[m["name"]] = _module(m, entries, data)
+    out = _modules_v1(modules, entries, data) if v1 else _modules(modules, entries, data)
     return CompressedAdapter(
         out, peft_config=peft_config, scalings={m["name"]: m["scaling"] for m in modules},
         extras={name: _torch_tensor(entries[name], data) for name in extras})
 
 
-def _check_format(meta: dict) -> None:
+def _check_format(meta: dict) -> str:
+    """The file's format version, one this reader knows."""
     fmt = meta.get("format")
     if fmt != FORMAT:
         raise FormatError(f"not a loraquant adapter file: metadata 'format' is {fmt!r}, "
                           f"expected {FORMAT!r}")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION_1, FORMAT_VERSION):
         raise FormatError(f"format_version {version!r} is not supported; this loraquant "
-                          f"reads version {FORMAT_VERSION!r}")
+                          f"reads versions {FORMAT_VERSION_1!r} and {FORMAT_VERSION!r}")
+    return version
+
+
+def _crc_text(meta: dict, key: str) -> str:
+    text = meta.get(key)
+    if not isinstance(text, str) or not _CRC_TEXT.fullmatch(text):
+        raise FormatError(f"{key} must be 8 lowercase hex digits, got {text!r}")
+    return text
 
 
 def _json_field(meta: dict, key: str, kind: type):
@@ -327,19 +364,129 @@ def _is_count(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def _module_entry(i: int, e) -> dict:
+def _finite_number(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _check_names(entries: dict, owned: set, extras: list) -> None:
+    """Every tensor is the modules' (`owned`) or a listed extra; extras are tensors of
+    their own, with names not reserved for the modules' tensors."""
+    owned = set(owned)
+    for name in owned:
+        if name not in entries:
+            raise FormatError(f"tensor {name!r} is missing")
+    for name in extras:
+        if (not isinstance(name, str) or name not in entries or name in owned
+                or name.startswith(RESERVED)):
+            raise FormatError(f"extra {name!r} is not a tensor of its own in the file "
+                              f"(names starting {RESERVED!r} are the file's own)")
+        owned.add(name)
+    stray = sorted(set(entries) - owned)
+    if stray:
+        raise FormatError(f"tensors {stray[:5]} belong to no module and are not listed "
+                          f"as extras")
+
+
+def _sigma_values(data: memoryview, begin: int, r: int, name: str) -> np.ndarray:
+    """r float32 singular values at `begin`, as float64; finite and >= 0."""
+    sv = np.frombuffer(data[begin:begin + 4 * r], dtype="<f4")
+    with np.errstate(invalid="ignore"):  # a signalling NaN warns in comparisons
+        bad = int(np.count_nonzero(~(np.isfinite(sv) & (sv >= 0))))
+    if bad:
+        raise FormatError(f"module {name!r}: sigma holds {bad} values that are not finite "
+                          f"and non-negative")
+    return sv.astype(np.float64)
+
+
+def _blob(data, name: str) -> QuantizedLoRA:
+    try:
+        return QuantizedLoRA.from_bytes(data)
+    except FormatError as e:
+        raise FormatError(f"module {name!r}: {e}") from None
+
+
+# --- version 2: [name, blob_bytes, scaling] per module, two tensors for all --------------
+
+def _module_entries(meta: dict, modules: list) -> list:
+    prefix = meta.get("module_prefix")
+    if prefix is None:
+        raise FormatError("metadata has no 'module_prefix'")
+    crc = modules_crc32(prefix, meta["modules"])
+    if f"{crc:08x}" != _crc_text(meta, "modules_crc32"):
+        raise FormatError(f"modules CRC-32 is {crc:08x} but the header says "
+                          f"{meta['modules_crc32']}: the module names or entries are corrupt")
+    out, seen = [], set()
+    for i, e in enumerate(modules):
+        if not (isinstance(e, list) and len(e) == 3):
+            raise FormatError(f"modules[{i}] must be [name, blob_bytes, scaling]")
+        name, size, scaling = e
+        if not isinstance(name, str) or not prefix + name:
+            raise FormatError(f"modules[{i}]: name must be a string, non-empty after "
+                              f"module_prefix, got {name!r}")
+        name = prefix + name
+        if "\0" in name:  # the C API hands names out NUL-terminated
+            raise FormatError(f"module {name!r}: a name must not contain NUL")
+        if name in seen:
+            raise FormatError(f"module {name!r} appears twice")
+        seen.add(name)
+        if not _is_count(size):
+            raise FormatError(f"module {name!r}: blob_bytes must be a non-negative integer, "
+                              f"got {size!r}")
+        if not _finite_number(scaling):
+            raise FormatError(f"module {name!r}: scaling must be a finite number, "
+                              f"got {scaling!r}")
+        out.append({"name": name, "blob_bytes": size, "scaling": scaling})
+    return out
+
+
+def _modules(modules: list, entries: dict, data: memoryview) -> dict:
+    blobs, sigma = entries[BLOBS], entries[SIGMA]
+    if blobs.dtype != "U8" or len(blobs.shape) != 1:
+        raise FormatError(f"tensor {BLOBS!r} must be U8 [bytes], got {blobs.dtype} "
+                          f"{list(blobs.shape)}")
+    if sigma.dtype != "F32" or len(sigma.shape) != 1:
+        raise FormatError(f"tensor {SIGMA!r} must be F32 [values], got {sigma.dtype} "
+                          f"{list(sigma.shape)}")
+    out, at, sv = {}, blobs.begin, 0  # the next blob, the singular values taken
+    for m in modules:
+        name, size = m["name"], m["blob_bytes"]
+        if size > blobs.end - at:
+            raise FormatError(f"module {name!r}: blob_bytes {size} is more than the "
+                              f"{blobs.end - at} bytes {BLOBS!r} has left")
+        q = _blob(data[at:at + size], name)
+        at += size
+        if q.rank > sigma.shape[0] - sv:
+            raise FormatError(f"module {name!r}: {SIGMA!r} has {sigma.shape[0] - sv} values "
+                              f"left for rank {q.rank}")
+        q.singular_values = _sigma_values(data, sigma.begin + 4 * sv, q.rank, name)
+        sv += q.rank
+        out[name] = q
+    if at != blobs.end:
+        raise FormatError(f"tensor {BLOBS!r} has {blobs.end - at} bytes after the last "
+                          f"module's blob")
+    if sv != sigma.shape[0]:
+        raise FormatError(f"tensor {SIGMA!r} has {sigma.shape[0] - sv} values beyond the "
+                          f"modules' ranks")
+    return out
+
+
+# --- version 1: an object per module, two tensors per module ---------------------------
+
+def _module_entry_v1(i: int, e) -> dict:
     if not isinstance(e, dict):
         raise FormatError(f"modules[{i}] must be an object")
     name = e.get("name")
     if not isinstance(name, str) or not name:
         raise FormatError(f"modules[{i}]: name must be a non-empty string, got {name!r}")
+    if "\0" in name:
+        raise FormatError(f"module {name!r}: a name must not contain NUL")
     for key in ("m", "n", "r", "group_size"):
         if not _is_count(e.get(key)):
             raise FormatError(f"module {name!r}: {key} must be a non-negative integer, "
                               f"got {e.get(key)!r}")
-    s = e.get("scaling")
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-        raise FormatError(f"module {name!r}: scaling must be a finite number, got {s!r}")
+    if not _finite_number(e.get("scaling")):
+        raise FormatError(f"module {name!r}: scaling must be a finite number, "
+                          f"got {e.get('scaling')!r}")
     w = e.get("widths")
     if (not isinstance(w, list) or len(w) != e["r"]
             or not all(isinstance(p, list) and len(p) == 2
@@ -349,53 +496,38 @@ def _module_entry(i: int, e) -> dict:
     return e
 
 
-def _check_names(entries: dict, modules: list, extras: list) -> None:
-    if not modules:
-        raise FormatError("the file lists no modules")
+def _module_tensors_v1(entries: dict, modules: list) -> set:
     if len(set(modules)) != len(modules):
         raise FormatError("a module name appears twice in 'modules'")
     owned = set()
     for name in modules:
-        for tensor in (blob_name(name), sigma_name(name)):
+        for tensor in (blob_name_v1(name), sigma_name_v1(name)):
             if tensor not in entries:
                 raise FormatError(f"module {name!r}: tensor {tensor!r} is missing")
             owned.add(tensor)
-    for name in extras:
-        if not isinstance(name, str) or name not in entries or name in owned:
-            raise FormatError(f"extra {name!r} is not a tensor of its own in the file")
-        owned.add(name)
-    stray = sorted(set(entries) - owned)
-    if stray:
-        raise FormatError(f"tensors {stray[:5]} belong to no module and are not listed "
-                          f"as extras")
+    return owned
 
 
-def _module(m: dict, entries: dict, data: memoryview) -> QuantizedLoRA:
-    name = m["name"]
-    blob, sigma = entries[blob_name(name)], entries[sigma_name(name)]
-    if blob.dtype != "U8" or len(blob.shape) != 1:
-        raise FormatError(f"module {name!r}: blob must be U8 [bytes], got {blob.dtype} "
-                          f"{list(blob.shape)}")
-    if sigma.dtype != "F32" or sigma.shape != (m["r"],):
-        raise FormatError(f"module {name!r}: sigma must be F32 [{m['r']}], got "
-                          f"{sigma.dtype} {list(sigma.shape)}")
-    try:
-        q = QuantizedLoRA.from_bytes(data[blob.begin:blob.end])
-    except FormatError as e:
-        raise FormatError(f"module {name!r}: {e}") from None
-    declared = ((m["m"], m["n"]), m["r"], m["group_size"], [tuple(p) for p in m["widths"]])
-    actual = (q.shape, q.rank, q.group_size, q.widths)
-    if declared != actual:
-        raise FormatError(f"module {name!r}: its entry says (shape, r, group_size, widths) = "
-                          f"{declared} but its blob header says {actual}")
-    sv = np.frombuffer(data[sigma.begin:sigma.end], dtype="<f4")
-    with np.errstate(invalid="ignore"):  # a signalling NaN warns in comparisons
-        bad = int(np.count_nonzero(~(np.isfinite(sv) & (sv >= 0))))
-    if bad:
-        raise FormatError(f"module {name!r}: sigma holds {bad} values that are not finite "
-                          f"and non-negative")
-    q.singular_values = sv.astype(np.float64)
-    return q
+def _modules_v1(modules: list, entries: dict, data: memoryview) -> dict:
+    out = {}
+    for m in modules:
+        name = m["name"]
+        blob, sigma = entries[blob_name_v1(name)], entries[sigma_name_v1(name)]
+        if blob.dtype != "U8" or len(blob.shape) != 1:
+            raise FormatError(f"module {name!r}: blob must be U8 [bytes], got {blob.dtype} "
+                              f"{list(blob.shape)}")
+        if sigma.dtype != "F32" or sigma.shape != (m["r"],):
+            raise FormatError(f"module {name!r}: sigma must be F32 [{m['r']}], got "
+                              f"{sigma.dtype} {list(sigma.shape)}")
+        q = _blob(data[blob.begin:blob.end], name)
+        declared = ((m["m"], m["n"]), m["r"], m["group_size"], [tuple(p) for p in m["widths"]])
+        actual = (q.shape, q.rank, q.group_size, q.widths)
+        if declared != actual:
+            raise FormatError(f"module {name!r}: its entry says (shape, r, group_size, "
+                              f"widths) = {declared} but its blob header says {actual}")
+        q.singular_values = _sigma_values(data, sigma.begin, m["r"], name)
+        out[name] = q
+    return out
 
 
 def _torch_tensor(entry: st.Entry, data: memoryview):

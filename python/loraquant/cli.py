@@ -8,6 +8,9 @@ Each subcommand is an `add_<name>(subparsers)` function that registers its parse
 its `run` function; to add one, write another and list it in SUBCOMMANDS. Errors of
 the library (ValueError, FormatError, TypeError, OSError, MemoryError, a missing
 optional dependency) become one line on stderr and exit status 1, never a traceback.
+Output into a pipe that its reader closed (`loraquant inspect FILE | head`) ends
+quietly: the command still does what does not need stdout (a --plot, the compressed
+file) and exits with status 141, as a shell reports for a Unix tool stopped by SIGPIPE.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import math
 import os
 import sys
 
+from ._closed_pipe import EXIT_CLOSED_PIPE, tolerate_closed_stdout
 from ._core import FormatError
 from .adapter_file import load, save
 from .peft_io import EXPORT_DTYPES, LORA_BIAS, PREFIX, compress_peft, export_peft, read_peft_dir
@@ -207,6 +211,12 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv=None) -> int:
+    with tolerate_closed_stdout() as stdout:
+        status = _main(argv)
+    return EXIT_CLOSED_PIPE if stdout.reader_gone and status == 0 else status
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

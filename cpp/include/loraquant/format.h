@@ -149,43 +149,76 @@ LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
  *   uint8   data[]             the data section; tensor offsets are relative to it
  *
  * The JSON object maps each tensor name to {"dtype", "shape", "data_offsets":
- * [begin, end]} and has one "__metadata__" object of string values:
+ * [begin, end]} and has one "__metadata__" object of string values.
+ *
+ * Version 2 (what the writers write): two tensors hold every module, so that a module
+ * costs the header a few dozen bytes (its name, blob length and scaling) instead of
+ * two tensor entries and a JSON object (about 420 bytes each for PEFT names).
+ * Metadata:
  *
  *   "format"          "loraquant-adapter"
- *   "format_version"  "1"
- *   "modules"         a JSON array, in file order, of
- *                     {"name": str, "m": int, "n": int, "r": int, "group_size": int,
- *                      "scaling": float, "widths": [[b_width, a_width], ...]}
- *                     name is the PEFT module path (state-dict key without
- *                     ".lora_A.weight"); scaling is the one folded into the codes
+ *   "format_version"  "2"
+ *   "module_prefix"   a string P, prepended to every name in "modules" (the writers
+ *                     take the longest common prefix of the names that ends in '.',
+ *                     e.g. "base_model.model.model.layers."; "" if none)
+ *   "modules"         a JSON array, in file order, of [name, blob_bytes, scaling]:
+ *                     P + name is the PEFT module path (state-dict key without
+ *                     ".lora_A.weight"), non-empty, unique and free of NUL (the C
+ *                     API hands names out NUL-terminated); blob_bytes an integer
+ *                     >= 0; scaling the finite number folded into the codes
+ *   "modules_crc32"   CRC-32 of the UTF-8 text of "module_prefix" followed by that of
+ *                     "modules", 8 lowercase hex digits: each name is stored once (no
+ *                     tensor name repeats it), so this catches a corrupted name or
+ *                     scaling
  *   "extras"          a JSON array of the names of extra tensors kept unchanged
  *                     (modules_to_save weights, LoRA biases)
  *   "peft_config"     the source adapter_config.json as a JSON object ("{}" if none)
  *   "data_crc32"      CRC-32 of the whole data section, 8 lowercase hex digits
  *
  * Tensors (all offsets inside the data section):
- *   "lq.<name>.blob"   U8  [bytes]  the module blob: lq_blob_header + payload
- *   "lq.<name>.sigma"  F32 [r]      singular values of s B A, finite and >= 0 (for inspect,
- *                                   not served)
- *   "<extra name>"     any dtype    an extra tensor, unchanged (never starts "lq.")
- * Every tensor of the file is one of these. As safetensors requires, the tensors tile
- * the data section: sorted by offset, each begins where the one before ends, the
- * first at 0, the last at the end of the file (no gap, no overlap). Tensor names are
- * unique (the JSON repeats no key).
+ *   "lq.blobs"         U8  [sum of blob_bytes]  the module blobs (lq_blob_header +
+ *                                               payload) back to back, in "modules"
+ *                                               order: module k's blob starts at the sum
+ *                                               of the blob_bytes before it
+ *   "lq.sigma"         F32 [sum of r]           each module's r singular values of
+ *                                               s B A (r from its blob header), back to
+ *                                               back in "modules" order; finite and >= 0
+ *                                               (for inspect, not served)
+ *   "<extra name>"     any dtype                an extra tensor, unchanged (never
+ *                                               starts "lq."; both versions)
+ * Every tensor of the file is one of these, and the blobs and singular values fill
+ * their tensors exactly (nothing left over). A module's entry needs no m, n, r, group
+ * size or widths: its blob header and payload hold them.
  *
- * The writer (python/loraquant/adapter_file.py) pads the JSON with spaces so that the
- * data section starts at a multiple of 8 bytes and writes tensors by falling
- * alignment (8-byte dtypes, then blobs and other 4-byte ones, then 2, then 1), so
- * every blob starts at a multiple of 4 (its code words are uint32) and every tensor
- * at a multiple of its item size. Readers must check alignment, not assume it.
+ * Version 1 (read, no longer written): the same container and metadata, except
+ *   "format_version"  "1"; no "module_prefix" or "modules_crc32"
+ *   "modules"         a JSON array of {"name": str, "m": int, "n": int, "r": int,
+ *                     "group_size": int, "scaling": float, "widths": [[b_width,
+ *                     a_width], ...]}, each agreeing with its blob; names as in
+ *                     version 2, whole (no prefix)
+ *   tensors           "lq.<name>.blob" U8 [bytes] and "lq.<name>.sigma" F32 [r] per
+ *                     module, instead of "lq.blobs" and "lq.sigma"
+ *
+ * Both versions: as safetensors requires, the tensors tile the data section: sorted by
+ * offset, each begins where the one before ends, the first at 0, the last at the end
+ * of the file (no gap, no overlap). Tensor names are unique (the JSON repeats no key).
+ *
+ * The writers pad the JSON with spaces so that the data section starts at a multiple
+ * of 8 bytes and write tensors by falling alignment (8-byte dtypes, then the blobs and
+ * other 4-byte ones, then 2, then 1), so every blob starts at a multiple of 4 (its
+ * code words are uint32; blobs are whole words long) and every tensor at a multiple
+ * of its item size. Readers must check alignment, not assume it.
  *
  * A reader checks: N fits the file, the JSON parses, every tensor's offsets lie in
  * the data section, match dtype x shape and tile it, data_crc32 matches,
- * format_version is "1", every tensor is a listed module's or a listed extra, and
- * each module's entry agrees with its blob (m, n, r, group_size, widths) and
- * its sigma has r entries. Anything else is a format error.
+ * format_version is "1" or "2", modules_crc32 matches (version 2), every tensor is the
+ * modules' or a listed extra, each blob parses (its own size and CRC-32 included), the
+ * blobs and singular values fill their tensors (version 2) or each module's entry
+ * agrees with its blob and its sigma has r entries (version 1). Anything else is a
+ * format error.
  */
 #define LQ_ADAPTER_FORMAT "loraquant-adapter"
-#define LQ_ADAPTER_FORMAT_VERSION "1"
+#define LQ_ADAPTER_FORMAT_VERSION "2"    /* what the writers write */
+#define LQ_ADAPTER_FORMAT_VERSION_1 "1"  /* still read */
 
 #endif /* LORAQUANT_FORMAT_H */
