@@ -4,6 +4,7 @@ local cluster (needs Ray: skipped without it, unless CI is set)."""
 import errno
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,13 @@ def test_find_adapters_skips_links_to_folders_and_out(hub):
     shutil.copytree(hub / "b", out / "copy")  # an adapter inside OUT is not searched
     assert batch.find_adapters(hub, out) == sorted(HUB)
     assert batch.find_adapters(hub) == sorted([*HUB, "out/copy"])
+
+
+def test_out_may_be_root(hub):
+    """Outputs then lie beside the adapter folders, and are not searched."""
+    assert loraquant.compress_many(hub, hub).ok
+    assert all((hub / f).is_file() for f in OUTPUTS)
+    assert len(loraquant.compress_many(hub, hub).skipped) == len(HUB)
 
 
 @pytest.mark.parametrize("bits", ["2", "3"])
@@ -208,6 +216,29 @@ def test_an_unexpected_error_names_its_type_and_does_not_stop_the_others(hub, tm
     report = loraquant.compress_many(hub, tmp_path / "out")
     assert [(o.name, o.error) for o in report.failed] == [("b", "KeyError: 'lora_alpha'")]
     assert len(report.done) == len(HUB) - 1
+
+
+def test_an_interrupt_lets_running_adapters_finish_and_starts_no_other(tmp_path,
+                                                                      monkeypatch):
+    root = tmp_path / "many"
+    for i in range(10):
+        (root / f"a{i}").mkdir(parents=True)
+        (root / f"a{i}" / "adapter_config.json").write_text("{}")
+    started = []
+
+    def job(j):
+        started.append(j.name)
+        if len(started) > 1:
+            time.sleep(0.5)  # still running when the interrupt comes
+        return batch.Outcome(j.name, j.output, batch.DONE)
+
+    def interrupt(outcome):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "run_job", job)
+    with pytest.raises(KeyboardInterrupt):
+        loraquant.compress_many(root, tmp_path / "out", workers=2, on_outcome=interrupt)
+    assert 2 <= len(started) <= 3, started  # the first, and what the 2 threads had begun
 
 
 # --- the Python API and the summary -------------------------------------------------

@@ -112,9 +112,11 @@ def find_adapters(root, out=None) -> list[str]:
     skip = os.path.realpath(out) if out is not None else None
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == str(root):
+            continue
         if os.path.realpath(dirpath) == skip:
             dirnames.clear()
-        elif dirpath != str(root) and CONFIG_FILE in filenames:
+        elif CONFIG_FILE in filenames:
             found.append(Path(dirpath).relative_to(root).as_posix())
     return sorted(found)
 
@@ -181,14 +183,18 @@ def cpus() -> int:
 
 
 def run_local(jobs: list[Job], workers: int, on_outcome: Callable[[Outcome], None]) -> None:
-    """Every job in this process: one after another, or on `workers` threads."""
+    """Every job in this process: one after another, or on `workers` threads. If
+    interrupted (Ctrl-C), the adapters under way finish and no other starts."""
     if workers == 1:
         for job in jobs:
             on_outcome(run_job(job))
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         for future in as_completed([pool.submit(run_job, job) for job in jobs]):
             on_outcome(future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def compress_many(root, out, *, bits=None, rho=None, high_bits=None, group_size=128,
