@@ -100,6 +100,28 @@ def test_keywords_replace_an_adapters_own_fields(tmp_path, adapter):
     assert back.scalings == adapter.scalings
 
 
+def test_compress_options_round_trip_and_are_left_out_when_unknown(tmp_path, saved):
+    assert loraquant.load(saved).options == {}
+    assert "compress_options" not in _header(saved)[1]["__metadata__"]
+    options = {"mode": "paper", "rho": 0.9, "high_bits": 3, "group_size": 64}
+    path = tmp_path / "o.lqa"
+    loraquant.save(path, CompressedAdapter(_modules(), options=options))
+    assert json.loads(_header(path)[1]["__metadata__"]["compress_options"]) == options
+    back = loraquant.load(path)
+    assert back.options == options
+    again = tmp_path / "again.lqa"
+    loraquant.save(again, back)
+    assert again.read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{", '"budget"', '{"bits": 1e999}'])
+def test_compress_options_that_are_not_an_object_read_as_unknown(tmp_path, saved, text):
+    """Informational, and ignored by the C++ reader: never a reason to refuse a file."""
+    path = _rewrite(saved, tmp_path / "odd.lqa",
+                    edit_header=lambda h: h["__metadata__"].update(compress_options=text))
+    assert loraquant.load(path).options == {}
+
+
 def test_module_without_singular_values_stores_those_of_its_update(tmp_path):
     q = loraquant.compress(*_pair(5, 40, 24, 6), bits=3.0)
     bare = loraquant.QuantizedLoRA.from_bytes(q.to_bytes())

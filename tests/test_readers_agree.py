@@ -81,6 +81,12 @@ CASES = {
     "peft_config nested 65 deep": (
         lambda d: rewrite(d, header=_raw_meta("peft_config", "{\"a\": " * 65 + "1" + "}" * 65)),
         False),
+    # compress_options is informational (format.h): no reader refuses a file for it
+    "compress_options not JSON": (lambda d: rewrite(d, header=_raw_meta("compress_options", "{")),
+                                  True),
+    "compress_options nested 65 deep": (
+        lambda d: rewrite(d, header=_raw_meta("compress_options",
+                                              "{\"a\": " * 65 + "1" + "}" * 65)), True),
     "a valid file": (lambda d: d, True),
 }
 

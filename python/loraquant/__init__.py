@@ -37,4 +37,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'loraquant' has no attribute {name!r}")
 
 
-__all__ += ["compress_peft", "export_peft"]
+from .batch import BatchReport, compress_many
+
+__all__ += ["compress_peft", "export_peft", "compress_many", "BatchReport"]

@@ -27,6 +27,15 @@ class Options:
                     group_size=self.group_size, range_search=self.range_search,
                     refit_rounds=self.refit_rounds)
 
+    def record(self) -> dict:
+        """What a compressed file records of these options (its "compress_options"):
+        the mode and the options that mode reads."""
+        if self.rho > 0:
+            return dict(mode="paper", rho=self.rho, high_bits=self.high_bits,
+                        group_size=self.group_size)
+        return dict(mode="budget", bits=self.bits, group_size=self.group_size,
+                    refit_rounds=self.refit_rounds)
+
 
 def resolve_options(bits=None, rho=None, high_bits=None, group_size=128,
                     range_search=True, refit_rounds=None) -> Options:
@@ -245,15 +254,19 @@ class _NoBar:
     def update(self, k):
         pass
 
+    def set_postfix(self, **kw):
+        pass
+
     def close(self):
         pass
 
 
-def _progress(total, enabled):
+def _progress(total, enabled, desc="compressing", unit="module"):
+    """A tqdm bar, or one that shows nothing (disabled, or tqdm not installed)."""
     if not enabled:
         return _NoBar()
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return _NoBar()
-    return tqdm(total=total, desc="compressing", unit="module")
+    return tqdm(total=total, desc=desc, unit=unit)

@@ -34,6 +34,7 @@ BLOB_ALIGN = 4                    # blobs hold uint32 code words
 BLOBS = "lq.blobs"                # version 2: every module's blob, back to back
 SIGMA = "lq.sigma"                # version 2: every module's singular values
 RESERVED = "lq."                  # the file's own tensor names start so; no extra's may
+OPTIONS_KEY = "compress_options"  # optional metadata (format.h)
 _CRC_TEXT = re.compile(r"[0-9a-f]{8}")
 
 
@@ -62,9 +63,13 @@ class CompressedAdapter(Mapping):
                  biases lora_B.bias, other base-model tensors PEFT saved)
     scalings     name -> the LoRA scaling folded into each module's codes (1.0 where
                  not given); LoRA biases are multiplied by it when served
+    options      the compression options it was made with, as compress_peft records
+                 them ({} if unknown); informational, `loraquant batch` compares them
+                 to decide whether an existing output is up to date
     """
 
-    def __init__(self, modules, *, peft_config=None, extras=None, scalings=None):
+    def __init__(self, modules, *, peft_config=None, extras=None, scalings=None,
+                 options=None):
         if not isinstance(modules, Mapping):
             raise TypeError(f"modules must be a mapping name -> QuantizedLoRA, "
                             f"got {type(modules).__name__}")
@@ -77,12 +82,13 @@ class CompressedAdapter(Mapping):
                 raise TypeError(f"module {name!r}: expected a QuantizedLoRA, "
                                 f"got {type(q).__name__}")
         for what, value in (("peft_config", peft_config), ("extras", extras),
-                            ("scalings", scalings)):
+                            ("scalings", scalings), ("options", options)):
             if value is not None and not isinstance(value, Mapping):
                 raise TypeError(f"{what} must be a mapping, got {type(value).__name__}")
         self._modules = dict(modules)
         self.peft_config = {} if peft_config is None else dict(peft_config)
         self.extras = {} if extras is None else dict(extras)
+        self.options = {} if options is None else dict(options)
         scalings = {} if scalings is None else dict(scalings)
         unknown = sorted(set(scalings) - set(self._modules))
         if unknown:
@@ -146,7 +152,8 @@ def _as_adapter(adapter, peft_config, extras, scalings) -> CompressedAdapter:
             adapter,
             peft_config=adapter.peft_config if peft_config is None else peft_config,
             extras=adapter.extras if extras is None else extras,
-            scalings=adapter.scalings if scalings is None else scalings)
+            scalings=adapter.scalings if scalings is None else scalings,
+            options=adapter.options)
     return CompressedAdapter(adapter, peft_config=peft_config, extras=extras, scalings=scalings)
 
 
@@ -214,13 +221,17 @@ def _metadata(adapter: CompressedAdapter, blob_bytes: list, crc: int) -> dict:
                          f"C++ reader refuses")
     try:
         config = json.dumps(adapter.peft_config, allow_nan=False)
+        options = json.dumps(adapter.options, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"peft_config cannot be stored as JSON: {e}") from None
+        raise ValueError(f"peft_config or options cannot be stored as JSON: {e}") from None
     modules_text = json.dumps(modules, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "module_prefix": prefix,
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "module_prefix": prefix,
             "modules": modules_text, "modules_crc32": f"{modules_crc32(prefix, modules_text):08x}",
             "extras": json.dumps(list(adapter.extras), ensure_ascii=False, separators=(",", ":")),
             "peft_config": config, "data_crc32": f"{crc:08x}"}
+    if adapter.options:
+        meta[OPTIONS_KEY] = options
+    return meta
 
 
 def modules_crc32(prefix: str, modules: str) -> int:
@@ -327,7 +338,18 @@ def _read(f, size: int) -> CompressedAdapter:
     out = _modules_v1(modules, entries, data) if v1 else _modules(modules, entries, data)
     return CompressedAdapter(
         out, peft_config=peft_config, scalings={m["name"]: m["scaling"] for m in modules},
-        extras={name: _torch_tensor(entries[name], data) for name in extras})
+        extras={name: _torch_tensor(entries[name], data) for name in extras},
+        options=_options(meta))
+
+
+def _options(meta: dict) -> dict:
+    """The optional compress_options: informational, so, as the C++ reader (which
+    ignores it), a value that is not a JSON object reads as unknown ({}), not an error."""
+    try:
+        value = st.parse_json(meta.get(OPTIONS_KEY, "{}"), f"metadata {OPTIONS_KEY!r}")
+    except FormatError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _check_format(meta: dict) -> str:

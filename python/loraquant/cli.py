@@ -1,6 +1,7 @@
 """The `loraquant` command (also `python -m loraquant`).
 
     loraquant compress ADAPTER_DIR OUT [--bits 2 | --rho R [--high-bits H]] [--group-size G]
+    loraquant batch ROOT OUT [compress options] [--workers N] [--ray [ADDRESS|local]]
     loraquant inspect FILE [--plot OUT.png] [--probe]
     loraquant export FILE OUT_DIR [--dtype float32] [--force]
 
@@ -21,8 +22,8 @@ import sys
 
 from ._closed_pipe import EXIT_CLOSED_PIPE, tolerate_closed_stdout
 from ._core import FormatError
-from .adapter_file import load, save
-from .peft_io import EXPORT_DTYPES, LORA_BIAS, PREFIX, compress_peft, export_peft, read_peft_dir
+from .adapter_file import load
+from .peft_io import EXPORT_DTYPES, LORA_BIAS, PREFIX, compress_peft_file, export_peft
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -37,6 +38,13 @@ def add_compress(sub) -> None:
     p.add_argument("adapter_dir", help="PEFT directory: adapter_config.json and "
                                        "adapter_model.safetensors (or .bin)")
     p.add_argument("out", help="the compressed file to write")
+    add_compress_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_compress)
+
+
+def add_compress_options(p) -> None:
+    """The options of compress_peft, shared by compress and batch."""
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--bits", type=float, help="average bits per weight over the whole "
                       "adapter, every stored byte counted (default 2)")
@@ -45,15 +53,16 @@ def add_compress(sub) -> None:
     p.add_argument("--high-bits", type=int, help="paper mode: width of the head (default 2)")
     p.add_argument("--group-size", type=int, default=128, help="entries per quantization "
                    "group (default 128)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_compress)
+
+
+def compress_options(args) -> dict:
+    return dict(bits=args.bits, rho=args.rho, high_bits=args.high_bits,
+                group_size=args.group_size)
 
 
 def run_compress(args) -> int:
-    src = read_peft_dir(args.adapter_dir)
-    adapter = compress_peft(src, bits=args.bits, rho=args.rho, high_bits=args.high_bits,
-                            group_size=args.group_size, progress=not args.quiet)
-    save(args.out, adapter)
+    src, adapter = compress_peft_file(args.adapter_dir, args.out, progress=not args.quiet,
+                                      **compress_options(args))
     print(compress_summary(src, adapter, os.path.getsize(args.out), args.out))
     return 0
 
@@ -98,6 +107,70 @@ def compress_summary(src, adapter, file_bytes: int, out: str) -> str:
         f"{len(adapter.extras) - n_bias} others: modules_to_save weights, trained biases)",
         f"  rel. error   {overall:.4f} overall (|dW - dW_hat|_F / |dW|_F over all modules); "
         f"worst {worst:.4f} in {worst_name}",
+    ]
+    return "\n".join(lines)
+
+
+# --- batch --------------------------------------------------------------------------
+
+def add_batch(sub) -> None:
+    p = sub.add_parser("batch", help="compress every PEFT adapter folder under a folder",
+                       description="Compress every folder under ROOT that holds "
+                                   "adapter_config.json into OUT/<its path under ROOT>.lqa. "
+                                   "Outputs already made with the same options are "
+                                   "skipped; a broken adapter is reported and the others "
+                                   "go on; the exit status is 1 if any failed.")
+    p.add_argument("root", help="the folder to search for adapters")
+    p.add_argument("out", help="the folder to write the .lqa files to")
+    add_compress_options(p)
+    p.add_argument("--workers", type=int, help="adapters compressed at once (default 1; "
+                   "with --ray: tasks in flight, and the CPUs of a local cluster)")
+    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS|local",
+                   help="run each adapter as a Ray task: on a local cluster started for "
+                        "the job ('local'), or on an existing one (an address; alone, "
+                        "--ray means 'auto', the cluster this machine belongs to)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_batch)
+
+
+def run_batch(args) -> int:
+    from .batch import FAILED, compress_many
+
+    def report_failure(outcome) -> None:
+        if outcome.status == FAILED:
+            _write_line(f"loraquant batch: error: {outcome.name}: {outcome.error}")
+
+    report = compress_many(args.root, args.out, workers=args.workers, ray=args.ray,
+                           progress=not args.quiet, on_outcome=report_failure,
+                           **compress_options(args))
+    print(batch_summary(report, args.root, args.out))
+    return 0 if report.ok else EXIT_ERROR
+
+
+def _write_line(text: str) -> None:
+    """One line on stderr that does not break a progress bar."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        print(text, file=sys.stderr)
+        return
+    tqdm.write(text, file=sys.stderr)
+
+
+def batch_summary(report, root: str, out: str) -> str:
+    n = len(report.done) + len(report.skipped) + len(report.failed)
+    before, after = report.bytes_before, report.bytes_after
+    per = (f", {report.seconds / len(report.done):.2f} s per adapter done"
+           if report.done else "")
+    ratio = f" ({before / after:.1f}x smaller)" if after else ""
+    lines = [
+        f"batch: {n} adapters under {root} -> {out}",
+        f"  done     {len(report.done)} compressed",
+        f"  skipped  {len(report.skipped)} already compressed with these options",
+        f"  failed   {len(report.failed)}" + (" (named above)" if report.failed else ""),
+        f"  size     {_size(before)} -> {_size(after)}{ratio}: weights files of the "
+        f"adapters done and skipped -> their .lqa files",
+        f"  time     {report.seconds:.1f} s in all{per}",
     ]
     return "\n".join(lines)
 
@@ -193,7 +266,7 @@ def add_demo(sub) -> None:
     p.set_defaults(run=demo.run_args)
 
 
-SUBCOMMANDS = (add_compress, add_inspect, add_export, add_demo)
+SUBCOMMANDS = (add_compress, add_batch, add_inspect, add_export, add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,8 +299,9 @@ def _main(argv) -> int:
         print(f"loraquant {args.command}: error: out of memory ({_one_line(e)})",
               file=sys.stderr)
     except ImportError as e:
-        print(f"loraquant {args.command}: error: a dependency is missing ({_one_line(e)}); "
-              f"install loraquant[hf]", file=sys.stderr)
+        hint = "" if "pip install" in str(e) else "; install loraquant[hf]"
+        print(f"loraquant {args.command}: error: a dependency is missing ({_one_line(e)})"
+              f"{hint}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"loraquant {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._api import compress_adapter
-from .adapter_file import CompressedAdapter, load
+from ._api import compress_adapter, resolve_options
+from .adapter_file import CompressedAdapter, load, save
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -210,17 +210,31 @@ def read_peft_dir(path) -> PeftSource:
 
 
 def compress_peft(source, *, bits=None, rho=None, high_bits=None, group_size=128,
-                  progress=False) -> CompressedAdapter:
+                  progress=False, threads=None) -> CompressedAdapter:
     """Compress a PEFT LoRA adapter directory (or a PeftSource) under one budget.
 
     Options as loraquant.compress_adapter. The result keeps the adapter config, the
-    per-module scalings and every non-LoRA tensor (as extras).
+    per-module scalings, every non-LoRA tensor (as extras) and the options (recorded
+    in the file by save).
     """
+    options = resolve_options(bits=bits, rho=rho, high_bits=high_bits, group_size=group_size)
     src = source if isinstance(source, PeftSource) else read_peft_dir(source)
     modules = compress_adapter(src.pairs, bits=bits, rho=rho, high_bits=high_bits,
-                               group_size=group_size, progress=progress)
+                               group_size=group_size, progress=progress, threads=threads)
     return CompressedAdapter(modules, peft_config=src.config, extras=src.extras,
-                             scalings={name: s for name, (_, _, s) in src.pairs.items()})
+                             scalings={name: s for name, (_, _, s) in src.pairs.items()},
+                             options=options.record())
+
+
+def compress_peft_file(adapter_dir, out, *, progress=False, threads=None,
+                       **options) -> tuple[PeftSource, CompressedAdapter]:
+    """Read the PEFT directory `adapter_dir`, compress it (options as compress_peft)
+    and save it to `out` atomically: what `loraquant compress` and each adapter of
+    `loraquant batch` do. Returns the source and the compressed adapter."""
+    src = read_peft_dir(adapter_dir)
+    adapter = compress_peft(src, progress=progress, threads=threads, **options)
+    save(out, adapter)
+    return src, adapter
 
 
 def export_peft(adapter, out_dir, *, dtype="float32", overwrite=False) -> Path:

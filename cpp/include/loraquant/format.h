@@ -174,6 +174,12 @@ LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
  *                     (modules_to_save weights, LoRA biases)
  *   "peft_config"     the source adapter_config.json as a JSON object ("{}" if none)
  *   "data_crc32"      CRC-32 of the whole data section, 8 lowercase hex digits
+ *   "compress_options" optional, informational: a JSON object of the options the
+ *                     adapter was compressed with, e.g. {"bits": 2.0, "group_size":
+ *                     128, "mode": "budget"}. Readers neither require nor check it
+ *                     (the Python reader takes anything but a JSON object as
+ *                     unknown); `loraquant batch` compares it to decide whether an
+ *                     existing output is up to date. Other metadata keys are ignored.
  *
  * Tensors (all offsets inside the data section):
  *   "lq.blobs"         U8  [sum of blob_bytes]  the module blobs (lq_blob_header +
