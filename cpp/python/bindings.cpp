@@ -285,6 +285,8 @@ PYBIND11_MODULE(_core, m) {
                       out.mutable_data());
     return out;
   });
+  m.def("use_reference_kernels", &lq::use_reference_kernels, py::arg("on"),
+        "Run the scalar reference kernels (True) or the fastest the CPU has (False)");
   m.def("vector_bytes", [](uint64_t len, uint32_t width, uint32_t group) {
     return lq_vector_bytes(len, width, group);
   });
@@ -305,6 +307,7 @@ PYBIND11_MODULE(_core, m) {
     d["eigen"] = b.eigen;
     d["openmp"] = b.openmp;
     d["cuda"] = b.cuda;
+    d["kernels"] = std::string(lq::kernels_name());
     d["blob_version"] = LQ_BLOB_VERSION;
     return d;
   });

@@ -63,16 +63,9 @@ Candidates::Side& Candidates::side(uint32_t i, uint32_t s, uint32_t w, uint32_t 
   const uint64_t g = group_of(s, k);
   const float* x = (s ? af_.data() : bf_.data()) + (size_t)i * L;
   const double* xe = (s ? f_.a.data() : f_.b.data()) + (size_t)i * L;
-  e.blk.assign(lq_vector_bytes(L, w, g), 0);
-  e.deq.assign(L, 0.0f);
-  encode_vector(x, L, w, g, unit_, search_, e.blk.data(), e.deq.data());
-  double dot = 0, nrm = 0;
-  for (uint32_t j = 0; j < L; ++j) {
-    dot += xe[j] * e.deq[j];
-    nrm += (double)e.deq[j] * e.deq[j];
-  }
-  e.dot = dot;
-  e.norm2 = nrm;
+  e.scales.resize(lq_scale_bytes(L, w, g) / 2);
+  choose_scales(x, L, w, g, unit_, search_, e.scales.data());
+  decoded_dot(x, xe, L, w, g, unit_, e.scales.data(), &e.dot, &e.norm2);
   e.done = true;
   return e;
 }
@@ -103,9 +96,17 @@ void Candidates::select(const std::vector<Config>& cfg) {
   chosen_.assign(f_.r, Chosen());
   for (uint32_t i = 0; i < f_.r; ++i) {
     if (!cfg[i].kept()) continue;
-    const Side& b = side(i, 0, cfg[i].wb, cfg[i].k);
-    const Side& a = side(i, 1, cfg[i].wa, cfg[i].k);
-    chosen_[i] = Chosen{b.blk, a.blk, b.deq, a.deq};
+    Chosen& c = chosen_[i];
+    for (uint32_t s = 0; s < 2; ++s) {
+      const uint32_t w = s ? cfg[i].wa : cfg[i].wb, L = len(s);
+      const uint64_t g = group_of(s, cfg[i].k);
+      std::vector<uint8_t>& blk = s ? c.ablk : c.bblk;
+      std::vector<float>& deq = s ? c.adeq : c.bdeq;
+      blk.assign(lq_vector_bytes(L, w, g), 0);
+      deq.assign(L, 0.0f);
+      write_block((s ? af_.data() : bf_.data()) + (size_t)i * L, L, w, g, unit_,
+                  side(i, s, w, cfg[i].k).scales.data(), blk.data(), deq.data());
+    }
   }
 }
 

@@ -56,12 +56,13 @@ class Candidates {
   uint32_t refit(uint32_t rounds);
 
  private:
-  // One vector (side 0: b_i, side 1: a_i) encoded at one width and group option.
+  // One vector (side 0: b_i, side 1: a_i) at one width and group option: its scales
+  // (the codes follow from them) and what the exact error needs. Blocks are written
+  // for the selection only.
   struct Side {
     bool done = false;
     double dot = 0, norm2 = 0;  // x . x_hat and |x_hat|^2, against the exact vector
-    std::vector<uint8_t> blk;
-    std::vector<float> deq;
+    std::vector<uint16_t> scales;
   };
   struct Chosen {
     std::vector<uint8_t> bblk, ablk;

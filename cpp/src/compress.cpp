@@ -14,6 +14,9 @@ namespace loraquant {
 
 namespace {
 
+// How far above the budget prepare() encodes a pair's candidates (see there).
+constexpr double kWarmMarginBits = 0.25;
+
 void check_options(const CompressOptions& o) {
   if (!(o.bits > 0 && o.bits <= 16))
     throw std::invalid_argument("bits must be in (0, 16], got " + std::to_string(o.bits));
@@ -45,6 +48,18 @@ std::vector<Config> paper_config(const std::vector<double>& sigma, const Compres
   return c;
 }
 
+// Bytes of vector blocks that `bits` per weight of these pairs leave after the
+// prefixes (widths, shifts, unit), every stored byte counted.
+int64_t block_budget(const std::vector<Candidates*>& cands, double bits) {
+  double weights = 0, fixed = 0;
+  for (const Candidates* c : cands) {
+    const Factors& f = c->factors();
+    weights += (double)f.r * ((double)f.m + (double)f.n);
+    fixed += (double)lq_prefix_bytes(f.r);
+  }
+  return (int64_t)std::floor(bits * weights / 8.0 - fixed);
+}
+
 Compressed finish_one(Candidates& c, const std::vector<Config>& cfg, const CompressOptions& o) {
   c.select(cfg);
   c.refit(o.refit_rounds);
@@ -72,12 +87,23 @@ uint32_t paper_split(const std::vector<double>& sigma, double rho) {
   return (uint32_t)sigma.size();
 }
 
-std::shared_ptr<Candidates> prepare(const PairInput& p, const CompressOptions& o) {
+std::shared_ptr<Candidates> prepare(const PairInput& p, const CompressOptions& o, bool shared) {
   check_options(o);
   check_pair(p);
   auto c = std::make_shared<Candidates>(thin_svd(p.A, p.B, p.m, p.n, p.r, p.scaling),
                                         o.group_size, o.range_search);
-  if (o.rho <= 0) c->precompute(3, true);
+  if (o.rho > 0) return c;
+  c->precompute(3, true);
+  if (shared) {
+    // Warm the cache with the candidates that finish() will most likely ask for: those
+    // this pair's own allocation visits, a little above the budget. finish() shares
+    // one budget over all pairs and runs serially, pairs run here in parallel. This
+    // changes no result, only where the encoding work is done: on the 7B-shaped
+    // adapter at 2 bits it leaves finish() 4 % of the encodings instead of a third,
+    // for 1 % more in all.
+    std::vector<Candidates*> one{c.get()};
+    allocate_greedy(one, block_budget(one, o.bits + kWarmMarginBits), o.relative_balance);
+  }
   return c;
 }
 
@@ -94,18 +120,21 @@ std::vector<Compressed> finish(const std::vector<Candidates*>& cands, const Comp
   if (o.rho > 0) {
     for (size_t k = 0; k < np; ++k) cfg[k] = paper_config(cands[k]->factors().sigma, o);
   } else {
-    double weights = 0, fixed = 0;
-    for (const Candidates* c : cands) {
-      const Factors& f = c->factors();
-      weights += (double)f.r * ((double)f.m + (double)f.n);
-      fixed += (double)lq_prefix_bytes(f.r);
-    }
     std::vector<Candidates*> ptrs(cands);
-    cfg = allocate_greedy(ptrs, (int64_t)std::floor(o.bits * weights / 8.0 - fixed),
-                          o.relative_balance);
+    cfg = allocate_greedy(ptrs, block_budget(ptrs, o.bits), o.relative_balance);
   }
   std::vector<Compressed> out(np);
-  for (size_t k = 0; k < np; ++k) out[k] = finish_one(*cands[k], cfg[k], o);
+  std::vector<std::string> errors(np);
+#pragma omp parallel for schedule(dynamic) if (np > 1)
+  for (long k = 0; k < (long)np; ++k) {
+    try {
+      out[k] = finish_one(*cands[k], cfg[k], o);
+    } catch (const std::exception& e) {
+      errors[k] = e.what();
+    }
+  }
+  for (size_t k = 0; k < np; ++k)
+    if (!errors[k].empty()) throw std::invalid_argument(errors[k]);
   return out;
 }
 
@@ -118,7 +147,7 @@ std::vector<Compressed> compress_many(const std::vector<PairInput>& in, const Co
 #pragma omp parallel for schedule(dynamic) if (np > 1)
   for (long k = 0; k < np; ++k) {
     try {
-      cands[k] = prepare(in[k], o);
+      cands[k] = prepare(in[k], o, np > 1);
     } catch (const std::exception& e) {
       errors[k] = e.what();
     }

@@ -8,6 +8,7 @@
 
 #include "loraquant/format.h"
 #include "loraquant/half.h"
+#include "quantize_kernels.h"
 
 namespace loraquant {
 
@@ -60,60 +61,25 @@ inline float round_scale(float v, float unit, uint16_t* stored) {
   return lq_half_to_float(h) * unit;
 }
 
-// Code of one entry: round half up of (x - zmin) / delta, clamped to [0, qmax]. NaN
-// (0 * inf, when delta is so small that 1 / delta overflows) becomes 0: converting it
-// to an integer would be undefined.
-inline float rtn_level(float x, float zmin, float inv, float qmax) {
-  float v = (x - zmin) * inv;
-  v = v > 0.0f ? v : 0.0f;
-  v = v > qmax ? qmax : v;
-  return (float)(int32_t)(v + 0.5f);
-}
-
-// Squared error of an RTN group with stored delta/zmin. Eight partial sums let the
-// compiler vectorise without reassociating one sum.
-inline float rtn_error(const float* x, size_t len, float delta, float zmin, uint32_t qmax) {
-  const float inv = delta > 0 ? 1.0f / delta : 0.0f, fq = (float)qmax;
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  size_t j = 0;
-  for (; j + 8 <= len; j += 8)
-    for (int k = 0; k < 8; ++k) {
-      float e = x[j + k] - (zmin + rtn_level(x[j + k], zmin, inv, fq) * delta);
-      acc[k] += e * e;
-    }
-  float err = 0;
-  for (; j < len; ++j) {
-    float e = x[j] - (zmin + rtn_level(x[j], zmin, inv, fq) * delta);
-    err += e * e;
-  }
-  for (int k = 0; k < 8; ++k) err += acc[k];
-  return err;
-}
-
-inline void rtn_codes(const float* x, size_t len, float delta, float zmin, uint32_t qmax,
-                      uint8_t* codes) {
-  const float inv = delta > 0 ? 1.0f / delta : 0.0f, fq = (float)qmax;
-  for (size_t j = 0; j < len; ++j) codes[j] = (uint8_t)rtn_level(x[j], zmin, inv, fq);
-}
+inline float stored_scale(uint16_t h, float unit) { return lq_half_to_float(h) * unit; }
 
 // Range search: the [lo, hi] range is shrunk about its middle by a factor p. A coarse
 // geometric grid (long groups of Gaussian-like entries want p near 0.4 at 2 bits,
-// short ones near 0.8), then two points either side of the best.
+// short ones near 0.8), then two points either side of the best. The first candidate
+// of least error wins; a candidate stops being summed as soon as its partial error
+// reaches the best so far (it can no longer win), which changes no result.
 constexpr float kCoarse[] = {1.0f, 0.8f, 0.64f, 0.512f, 0.41f, 0.328f};
 constexpr float kFine[] = {0.9f, 1.1f};
 
-void encode_rtn_group(const float* x, size_t len, uint32_t width, float unit, bool search,
-                      uint16_t* stored, uint8_t* codes) {
-  float lo = x[0], hi = x[0];
-  for (size_t j = 1; j < len; ++j) {
-    lo = std::min(lo, x[j]);
-    hi = std::max(hi, x[j]);
-  }
-  const uint32_t qmax = (1u << width) - 1u;
+void rtn_group_scales(const Kernels& K, const float* x, size_t len, uint32_t width,
+                      float unit, bool search, uint16_t* stored) {
+  float lo, hi;
+  K.minmax(x, len, &lo, &hi);
+  const float qmax = (float)((1u << width) - 1u);
   const float mid = 0.5f * (lo + hi), half = 0.5f * (hi - lo);
   auto params = [&](float p, uint16_t* st, float* delta, float* zmin) {
     const float clo = mid - half * p, chi = mid + half * p;
-    *delta = round_scale((chi - clo) / (float)qmax, unit, st ? &st[0] : nullptr);
+    *delta = round_scale((chi - clo) / qmax, unit, st ? &st[0] : nullptr);
     *zmin = round_scale(clo, unit, st ? &st[1] : nullptr);
   };
   float best_p = 1.0f;
@@ -121,7 +87,7 @@ void encode_rtn_group(const float* x, size_t len, uint32_t width, float unit, bo
     float best = INFINITY, delta, zmin;
     auto consider = [&](float p) {
       params(p, nullptr, &delta, &zmin);
-      const float e = rtn_error(x, len, delta, zmin, qmax);
+      const float e = K.rtn_error(x, len, delta, zmin, qmax, best);
       if (e < best) {
         best = e;
         best_p = p;
@@ -134,50 +100,84 @@ void encode_rtn_group(const float* x, size_t len, uint32_t width, float unit, bo
   }
   float delta, zmin;
   params(best_p, stored, &delta, &zmin);
-  rtn_codes(x, len, delta, zmin, qmax, codes);
 }
 
-void encode_sign_group(const float* x, size_t len, float unit, uint16_t* stored,
-                       uint8_t* codes) {
-  double s = 0;
-  for (size_t j = 0; j < len; ++j) s += std::fabs((double)x[j]);
-  round_scale((float)(s / (double)len), unit, stored);  // mean |x| minimises the error
-  for (size_t j = 0; j < len; ++j) codes[j] = x[j] >= 0.0f ? 1u : 0u;
+// Sign groups: the mean |x| minimises the error.
+void sign_group_scale(const Kernels& K, const float* x, size_t len, float unit, uint16_t* stored) {
+  round_scale((float)(K.abs_sum(x, len) / (double)len), unit, stored);
 }
 
 }  // namespace
 
-void encode_vector(const float* x, size_t len, uint32_t width, uint64_t group, float unit,
-                   bool range_search, uint8_t* dst, float* deq) {
+void choose_scales(const float* x, size_t len, uint32_t width, uint64_t group, float unit,
+                   bool range_search, uint16_t* scales) {
+  const Kernels& K = active_kernels();
+  const size_t groups = (len + group - 1) / group;
+  for (size_t gi = 0; gi < groups; ++gi) {
+    const size_t beg = gi * group, cnt = (size_t)std::min<uint64_t>(group, len - beg);
+    if (width == 1)
+      sign_group_scale(K, x + beg, cnt, unit, &scales[gi]);
+    else
+      rtn_group_scales(K, x + beg, cnt, width, unit, range_search, &scales[2 * gi]);
+  }
+}
+
+void write_block(const float* x, size_t len, uint32_t width, uint64_t group, float unit,
+                 const uint16_t* scales, uint8_t* dst, float* deq) {
   const size_t groups = (len + group - 1) / group;
   const uint64_t sbytes = lq_scale_bytes(len, width, group);
   std::memset(dst, 0, lq_vector_bytes(len, width, group));
-  std::vector<uint16_t> scales(width == 1 ? groups : 2 * groups);
+  std::memcpy(dst, scales, sbytes);
   std::vector<uint8_t> codes(len);
-  for (size_t gi = 0; gi < groups; ++gi) {
-    size_t beg = gi * group, cnt = (size_t)std::min<uint64_t>(group, len - beg);
-    if (width == 1)
-      encode_sign_group(x + beg, cnt, unit, &scales[gi], codes.data() + beg);
-    else
-      encode_rtn_group(x + beg, cnt, width, unit, range_search, &scales[2 * gi],
-                       codes.data() + beg);
-  }
-  std::memcpy(dst, scales.data(), sbytes);
-  uint32_t* words = reinterpret_cast<uint32_t*>(dst + lq_pad4(sbytes));
-  pack_codes(codes.data(), len, width, words);
-  if (!deq) return;
-  // The decoded values straight from the codes, by decode_vector's own expressions.
+  const float qmax = (float)((1u << width) - 1u);
   for (size_t gi = 0; gi < groups; ++gi) {
     const size_t beg = gi * group, end = beg + (size_t)std::min<uint64_t>(group, len - beg);
     if (width == 1) {
-      const float a = lq_half_to_float(scales[gi]) * unit;
-      for (size_t j = beg; j < end; ++j) deq[j] = codes[j] ? a : -a;
+      const float a = stored_scale(scales[gi], unit);
+      for (size_t j = beg; j < end; ++j) {
+        codes[j] = x[j] >= 0.0f ? 1u : 0u;
+        if (deq) deq[j] = codes[j] ? a : -a;  // decode_vector's own expressions
+      }
     } else {
-      const float delta = lq_half_to_float(scales[2 * gi]) * unit;
-      const float zmin = lq_half_to_float(scales[2 * gi + 1]) * unit;
-      for (size_t j = beg; j < end; ++j) deq[j] = zmin + (float)codes[j] * delta;
+      const float delta = stored_scale(scales[2 * gi], unit);
+      const float zmin = stored_scale(scales[2 * gi + 1], unit);
+      const float inv = delta > 0 ? 1.0f / delta : 0.0f;
+      for (size_t j = beg; j < end; ++j) {
+        codes[j] = (uint8_t)rtn_level(x[j], zmin, inv, qmax);
+        if (deq) deq[j] = zmin + (float)codes[j] * delta;
+      }
     }
   }
+  pack_codes(codes.data(), len, width, reinterpret_cast<uint32_t*>(dst + lq_pad4(sbytes)));
+}
+
+void decoded_dot(const float* x, const double* xe, size_t len, uint32_t width, uint64_t group,
+                 float unit, const uint16_t* scales, double* dot, double* norm2) {
+  const Kernels& K = active_kernels();
+  const size_t groups = (len + group - 1) / group;
+  const float qmax = (float)((1u << width) - 1u);
+  double d = 0, q = 0;
+  for (size_t gi = 0; gi < groups; ++gi) {
+    const size_t beg = gi * group, cnt = (size_t)std::min<uint64_t>(group, len - beg);
+    if (width == 1) {
+      const double a = stored_scale(scales[gi], unit);
+      d += a * K.sign_dot(x + beg, xe + beg, cnt);
+      q += (double)cnt * a * a;
+    } else {
+      const float delta = stored_scale(scales[2 * gi], unit);
+      const float zmin = stored_scale(scales[2 * gi + 1], unit);
+      K.rtn_dot(x + beg, xe + beg, cnt, delta, zmin, qmax, &d, &q);
+    }
+  }
+  *dot = d;
+  *norm2 = q;
+}
+
+void encode_vector(const float* x, size_t len, uint32_t width, uint64_t group, float unit,
+                   bool range_search, uint8_t* dst, float* deq) {
+  std::vector<uint16_t> scales(lq_scale_bytes(len, width, group) / 2);
+  choose_scales(x, len, width, group, unit, range_search, scales.data());
+  write_block(x, len, width, group, unit, scales.data(), dst, deq);
 }
 
 void decode_vector(const uint8_t* block, size_t len, uint32_t width, uint64_t group,

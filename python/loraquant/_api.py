@@ -216,13 +216,7 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
     for name, val in pairs.items():
         if not isinstance(val, (tuple, list)) or len(val) != 3:
             raise ValueError(f"module {name!r}: expected (A, B, scaling)")
-        A, B, s = val
-        try:
-            a, b = V.lora_pair(A, B)
-            s = V.finite(s, "scaling")
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"module {name!r}: {e}") from None
-        items.append((name, a, b, s))
+        items.append((name, *val))
 
     if balance not in ("relative", "absolute"):
         raise ValueError(f"balance must be 'relative' or 'absolute', got {balance!r}")
@@ -232,17 +226,26 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
                else V.integer(threads, "threads", 1, MAX_THREADS))
 
     def stage1(item):
-        name, a, b, s = item
+        # Checks and conversions too run here, in parallel (numpy and torch release
+        # the GIL over whole arrays); errors still name the module.
+        name, A, B, s = item
         try:
-            return _core.prepare(a, b, s, **kw)
-        except ValueError as e:
-            raise ValueError(f"module {name!r}: {e}") from None
+            a, b = V.lora_pair(A, B)
+            return _core.prepare(a, b, V.finite(s, "scaling"), **kw)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"module {name!r}: {e}") from None
         finally:
             bar.update(1)
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            prepared = list(pool.map(stage1, items))
+            futures = [pool.submit(stage1, item) for item in items]
+            try:
+                prepared = [f.result() for f in futures]
+            except BaseException:
+                for f in futures:  # the first error in order wins; skip what has not started
+                    f.cancel()
+                raise
     finally:
         bar.close()
     results = _core.finish(prepared, balance=balance, **kw)

@@ -50,9 +50,13 @@ std::vector<Compressed> compress_many(const std::vector<PairInput>& in,
 // The two stages of compress_many, for callers that want to report progress or run
 // the first stage on their own threads: prepare() factors one pair and encodes its
 // candidate widths (the expensive part), finish() chooses widths for all prepared
-// pairs at once (one shared budget in budget mode) and packs them.
+// pairs at once (one shared budget in budget mode) and packs them. With `shared`
+// (the pair will share a budget with others), prepare() also encodes the candidates
+// that the pair's own allocation visits a little above the budget, so that finish(),
+// which allocates serially, finds most of what it needs; results do not change.
 class Candidates;
-std::shared_ptr<Candidates> prepare(const PairInput& in, const CompressOptions& opt);
+std::shared_ptr<Candidates> prepare(const PairInput& in, const CompressOptions& opt,
+                                    bool shared = true);
 std::vector<Compressed> finish(const std::vector<Candidates*>& prepared,
                                const CompressOptions& opt);
 

@@ -23,6 +23,26 @@ void unpack_codes(const uint32_t* words, size_t len, uint32_t width, uint8_t* co
 void encode_vector(const float* x, size_t len, uint32_t width, uint64_t group,
                    float unit, bool range_search, uint8_t* dst, float* deq);
 
+// The two halves of encode_vector. choose_scales writes the stored fp16 scales of
+// every group (lq_scale_bytes(len, width, group) / 2 values: mean |x| of a sign group,
+// delta and zmin of an RTN group); write_block writes the vector block (and, if `deq`
+// is not null, the decoded values) from those scales.
+void choose_scales(const float* x, size_t len, uint32_t width, uint64_t group, float unit,
+                   bool range_search, uint16_t* scales);
+void write_block(const float* x, size_t len, uint32_t width, uint64_t group, float unit,
+                 const uint16_t* scales, uint8_t* dst, float* deq);
+// x_hat . xe and |x_hat|^2 in double, x_hat the values write_block would decode from
+// (x, scales), without writing them; xe is the exact vector x was rounded from.
+void decoded_dot(const float* x, const double* xe, size_t len, uint32_t width, uint64_t group,
+                 float unit, const uint16_t* scales, double* dot, double* norm2);
+
+// The quantizer's inner loops run as SIMD kernels where the CPU has them (AVX2), else
+// as the scalar reference; both give the same bits. use_reference_kernels(true) forces
+// the reference (tests compare the two); kernels_name() says which set runs now:
+// "avx2" or "reference".
+void use_reference_kernels(bool on);
+const char* kernels_name();
+
 // Reference decoder of a vector block: writes len floats.
 void decode_vector(const uint8_t* block, size_t len, uint32_t width, uint64_t group,
                    float unit, float* out);
