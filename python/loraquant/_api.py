@@ -79,6 +79,10 @@ class QuantizedLoRA:
                                 else np.asarray(singular_values, dtype=np.float64))
         #: |s B A - B_hat A_hat|_F / |s B A|_F, measured when compressed (else None)
         self.rel_error = rel_error
+        #: |(s B A - B_hat A_hat) L|_F / |s B A L|_F, L L^T = H, when compressed with a
+        #: calibration that covers the module (else None). singular_values are then those
+        #: of s B A L.
+        self.out_error = None
 
     # --- what it is -------------------------------------------------------
     @property
@@ -190,7 +194,8 @@ def compress(A, B, *, bits=None, rho=None, high_bits=None, group_size=128,
 
 
 def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=128,
-                     balance="relative", progress=False, threads=None) -> dict:
+                     balance="relative", progress=False, threads=None, calibration=None,
+                     damping=0.01) -> dict:
     """Compress every module of an adapter under one budget.
 
     `pairs` maps a module name to (A, B, scaling). In budget mode one average budget of
@@ -203,6 +208,14 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
     compressed alone.
     Returns {name: QuantizedLoRA} in the order of `pairs`. `progress=True` shows a
     progress bar (tqdm) over the modules.
+
+    `calibration` (a loraquant.Calibration of the adapter's base model) makes the
+    compression output-aware: for each module it covers, the split (SVD of
+    s B A L, L L^T = H + damping * trace(H) / n * I), the widths and the re-fit minimise
+    |(s B A - B_hat A_hat) L|_F, the error that reaches the layer's output; the
+    result's `out_error` is that error relative to |s B A L|_F. Modules it does not
+    cover are compressed data-free, with a warning naming them; statistics whose
+    shapes do not fit the adapter (another base model) raise ValueError.
     """
     import os
     from concurrent.futures import ThreadPoolExecutor
@@ -224,6 +237,8 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
             raise type(e)(f"module {name!r}: {e}") from None
         items.append((name, a, b, s))
 
+    moments = _moments(items, calibration)
+    damping = V.real(damping, "damping", 1e-12, 1e6)
     if balance not in ("relative", "absolute"):
         raise ValueError(f"balance must be 'relative' or 'absolute', got {balance!r}")
     kw = opts.core_kwargs()
@@ -234,7 +249,7 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
     def stage1(item):
         name, a, b, s = item
         try:
-            return _core.prepare(a, b, s, **kw)
+            return _core.prepare(a, b, s, **kw, H=moments.get(name), damping=damping)
         except ValueError as e:
             raise ValueError(f"module {name!r}: {e}") from None
         finally:
@@ -246,8 +261,49 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
     finally:
         bar.close()
     results = _core.finish(prepared, balance=balance, **kw)
-    return {name: QuantizedLoRA(mod, sigma, err)
-            for (name, *_), (mod, sigma, err) in zip(items, results)}
+    out = {name: QuantizedLoRA(mod, sigma, err)
+           for (name, *_), (mod, sigma, err) in zip(items, results)}
+    if calibration is not None:
+        from .calibration import output_error
+        for name, a, b, s in items:
+            h = moments.get(name)
+            if h is None:
+                h = calibration.moment(name)
+            if h is not None:
+                ah, bh = out[name]._m.dequantize()
+                out[name].out_error = output_error(a, b, s, ah, bh, h)
+    return out
+
+
+def _moments(items, calibration) -> dict:
+    """{name: H} for the modules `calibration` covers; warns naming those it does not,
+    ValueError where a shape does not fit (statistics of another base model)."""
+    if calibration is None:
+        return {}
+    import warnings
+    from .calibration import Calibration
+    if not isinstance(calibration, Calibration):
+        raise TypeError(f"calibration must be a loraquant.Calibration, got "
+                        f"{type(calibration).__name__}")
+    moments, missing = {}, []
+    for name, a, _b, _s in items:
+        h = calibration.moment(name)
+        if h is None:
+            missing.append(name)
+        elif h.shape[0] != a.shape[1]:
+            raise ValueError(f"module {name!r}: the calibration's second moment is "
+                             f"{h.shape[0]} x {h.shape[0]} but lora_A has n = {a.shape[1]} "
+                             f"input features: statistics of another base model?")
+        else:
+            moments[name] = h
+    if missing and not moments:
+        raise ValueError(f"the calibration covers none of the {len(items)} modules (e.g. "
+                         f"{missing[0]!r}): statistics of another base model?")
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        warnings.warn(f"the calibration does not cover {len(missing)} module(s), compressed "
+                      f"data-free: {shown}", UserWarning, stacklevel=3)
+    return moments
 
 
 class _NoBar:

@@ -210,17 +210,19 @@ def read_peft_dir(path) -> PeftSource:
 
 
 def compress_peft(source, *, bits=None, rho=None, high_bits=None, group_size=128,
-                  progress=False, threads=None) -> CompressedAdapter:
+                  progress=False, threads=None, calibration=None) -> CompressedAdapter:
     """Compress a PEFT LoRA adapter directory (or a PeftSource) under one budget.
 
-    Options as loraquant.compress_adapter. The result keeps the adapter config, the
+    Options as loraquant.compress_adapter (calibration: a loraquant.Calibration of the
+    base model, for output-aware compression). The result keeps the adapter config, the
     per-module scalings, every non-LoRA tensor (as extras) and the options (recorded
     in the file by save).
     """
     options = resolve_options(bits=bits, rho=rho, high_bits=high_bits, group_size=group_size)
     src = source if isinstance(source, PeftSource) else read_peft_dir(source)
     modules = compress_adapter(src.pairs, bits=bits, rho=rho, high_bits=high_bits,
-                               group_size=group_size, progress=progress, threads=threads)
+                               group_size=group_size, progress=progress, threads=threads,
+                               calibration=calibration)
     return CompressedAdapter(modules, peft_config=src.config, extras=src.extras,
                              scalings={name: s for name, (_, _, s) in src.pairs.items()},
                              options=options.record())
