@@ -104,6 +104,32 @@ def weight_errors(pairs, factors) -> tuple[float, float]:
     return math.sqrt(num / den), worst
 
 
+def output_errors(pairs, factors, calibration) -> tuple[float, list]:
+    """(adapter output error, per-module output errors): the error that reaches each
+    layer's output over the calibration inputs, |(s B A - B_hat A_hat) L|_F / |s B A L|_F,
+    pooled as weight_errors pools the weight error."""
+    from loraquant.calibration import output_error
+    num = den = 0.0
+    per = []
+    for n, (A, B, s) in pairs.items():
+        H = calibration.moment(n)
+        A64, B64 = A.double().numpy(), B.double().numpy()
+        ref = s * s * float(((B64.T @ B64) * (A64 @ H @ A64.T)).sum())
+        err = output_error(A64, B64, s, *(t.double().numpy() for t in factors[n]), H)
+        num, den = num + err ** 2 * ref, den + ref
+        per.append(err)
+    return math.sqrt(num / den), per
+
+
+def calibration_windows(stream, context, samples, seed=7):
+    """`samples` windows of `context` bytes from the adapter's training text (never the
+    held-out blocks), as LongTensor batches of 16."""
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream) - context, (samples,), generator=g)
+    windows = torch.stack([stream[s:s + context] for s in starts])
+    return list(windows.split(16))
+
+
 def _adapter_bits(pairs, module_bits):
     w = _weights(pairs)
     return sum(module_bits[n] * w[n] for n in pairs) / sum(w.values())
@@ -119,9 +145,9 @@ def published(pairs, rho):
     return out, bits
 
 
-def loraquant_shared(pairs, bits, balance="relative"):
+def loraquant_shared(pairs, bits, balance="relative", calibration=None):
     """loraquant.compress_adapter: one budget over all modules; (factors, bits used)."""
-    qs = loraquant.compress_adapter(pairs, bits=bits, balance=balance)
+    qs = loraquant.compress_adapter(pairs, bits=bits, balance=balance, calibration=calibration)
     return {n: q.dequantize() for n, q in qs.items()}, _adapter_bits(
         pairs, {n: q.avg_bits for n, q in qs.items()})
 
@@ -135,13 +161,17 @@ def loraquant_per_module(pairs, module_bits):
 
 # --- evaluation ----------------------------------------------------------------------
 
-def evaluate(model, held, context) -> list[dict]:
+def evaluate(model, held, context, calib_batches) -> tuple[list[dict], dict]:
     pairs = peft_pairs.pairs_from_model(model)
     ppl = lambda: tinylm.perplexity(model, held, context)
     with model.disable_adapter():
-        rows = [dict(method="base model (no adapter)", bits=None, err=1.0, ppl=ppl())]
+        rows = [dict(method="base model (no adapter)", bits=None, err=1.0, out=1.0, ppl=ppl())]
+        t = time.time()
+        cal = loraquant.calibrate(model, calib_batches, progress=False)
+        print(f"    calibration: {len(cal)} layers, {time.time() - t:.1f}s", flush=True)
     rows[0]["worst"] = 1.0
-    rows.append(dict(method="fp32 adapter", bits=32.0, err=0.0, worst=0.0, ppl=ppl()))
+    rows.append(dict(method="fp32 adapter", bits=32.0, err=0.0, worst=0.0, out=0.0, ppl=ppl()))
+    ratio_rows = []
     for rho in PUBLISHED_RHOS:
         t = time.time()
         fac, module_bits = published(pairs, rho)
@@ -154,22 +184,44 @@ def evaluate(model, held, context) -> list[dict]:
                      loraquant_shared(pairs, bits, "absolute")),
                     (f"loraquant shared budget {LOWER_SHARE:.0%} of {tag}",
                      loraquant_shared(pairs, LOWER_SHARE * bits)),
-                    (f"loraquant per module = {tag}", loraquant_per_module(pairs, module_bits))]
+                    (f"loraquant per module = {tag}", loraquant_per_module(pairs, module_bits)),
+                    (f"loraquant calibrated, shared = {tag}",
+                     loraquant_shared(pairs, bits, calibration=cal)),
+                    (f"loraquant calibrated, shared {LOWER_SHARE:.0%} of {tag}",
+                     loraquant_shared(pairs, LOWER_SHARE * bits, calibration=cal))]
+        per_module = {}
         for name, (factors, b) in settings:
             err, worst = weight_errors(pairs, factors)
+            out, per_module[name] = output_errors(pairs, factors, cal)
             with peft_pairs.swapped_factors(model, factors):
-                rows.append(dict(method=name, bits=b, err=err, worst=worst, ppl=ppl()))
+                rows.append(dict(method=name, bits=b, err=err, worst=worst, out=out, ppl=ppl()))
+        for label in ("=", f"{LOWER_SHARE:.0%} of"):
+            free = per_module[f"loraquant shared budget {label} {tag}"]
+            calib = per_module[f"loraquant calibrated, shared {label} {tag}"]
+            ratios = [c / f for c, f in zip(calib, free) if f > 0]
+            ratio_rows.append(dict(setting=f"{label} {tag}", geo=math.exp(
+                sum(map(math.log, ratios)) / len(ratios)), worst=max(ratios), better=sum(
+                r < 1 for r in ratios), n=len(ratios)))
     base, fp = rows[0]["ppl"], rows[1]["ppl"]
     for row in rows:
         row["kept"] = (base - row["ppl"]) / (base - fp)
-    return rows
+    return rows, ratio_rows
 
 
 def table(rows) -> str:
     body = [[r["method"], "-" if r["bits"] is None else f"{r['bits']:.3f}", f"{r['err']:.4f}",
-             f"{r['worst']:.4f}", f"{r['ppl']:.4f}", f"{r['kept']:.1%}"] for r in rows]
+             f"{r['worst']:.4f}", f"{r['out']:.4f}", f"{r['ppl']:.4f}", f"{r['kept']:.1%}"]
+            for r in rows]
     return markdown(["method", "honest bits", "weight rel. error", "worst module error",
-                     "held-out ppl (per byte)", "kept gain"], body)
+                     "output rel. error", "held-out ppl (per byte)", "kept gain"], body)
+
+
+def ratio_table(ratio_rows) -> str:
+    """Output error calibrated / data-free, per module, at the same shared budget."""
+    body = [[r["setting"], f"{r['geo']:.3f}", f"{r['worst']:.3f}", f"{r['better']}/{r['n']}"]
+            for r in ratio_rows]
+    return markdown(["budget", "output error calibrated / data-free (geo mean over modules)",
+                     "worst module", "modules lower"], body)
 
 
 def main(argv=None):
@@ -178,6 +230,8 @@ def main(argv=None):
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, default=None, help="folder for e2e.md (default: under the cache)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest)")
+    ap.add_argument("--calib-samples", type=int, default=64,
+                    help="calibration windows (of the context length) for the calibrated rows")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
@@ -193,11 +247,14 @@ def main(argv=None):
           f"{len(stream) / 1e3:.0f} kB to train, {sum(map(len, held)) / 1e3:.0f} kB held out")
     parts = [f"Base: {base_corpus.describe()}. Adapters: {prose.describe()}, "
              f"{sum(map(len, held)) / 1e3:.0f} kB held out. Model {lm}."]
+    calib = calibration_windows(stream, lm.context, args.calib_samples)
+    parts.append(f"Calibration: {args.calib_samples} windows of {lm.context} bytes of the "
+                 f"adapters' training text (disjoint from the held-out blocks).")
     for r in plan["ranks"]:
         t = time.time()
         model = adapter(lm, plan["pretrain"], r, plan["lora"], base_corpus, stream, prose.sha, root)
-        rows = evaluate(model, held, lm.context)
-        text = table(rows)
+        rows, ratio_rows = evaluate(model, held, lm.context, calib)
+        text = table(rows) + "\n\n" + ratio_table(ratio_rows)
         print(f"\n### r = {r} ({time.time() - t:.0f}s)\n\n{text}\n", flush=True)
         parts.append(f"### r = {r}\n\n{text}\n")
     (out / "e2e.md").write_text("\n".join(parts))

@@ -138,11 +138,18 @@ def _count(x) -> bool:
 # --- collecting ----------------------------------------------------------------------
 
 def _linear_inputs(model):
-    """(base-model path, in features) of every layer a LoRA can target: nn.Linear and
-    transformers' Conv1D (GPT-2), whose weight is (in, out)."""
+    """(path, layer, in features) of every layer a LoRA can target: nn.Linear and
+    transformers' Conv1D (GPT-2), whose weight is (in, out). In a model that already
+    holds PEFT LoRA layers, the wrapped base layer counts under the wrapper's path and
+    the LoRA factors' own Linear layers do not count (run it with the adapter disabled)."""
     import torch
     out = []
     for name, mod in model.named_modules():
+        parts = name.split(".")
+        if any(p.startswith("lora_") for p in parts):
+            continue
+        if parts[-1] == "base_layer":
+            name = ".".join(parts[:-1])
         if isinstance(mod, torch.nn.Linear):
             out.append((name, mod, mod.in_features))
         elif type(mod).__name__ == "Conv1D" and getattr(mod, "weight", None) is not None \
