@@ -237,3 +237,48 @@ def test_calibrate_covers_every_peft_module(tmp_path, kind):
         warnings.simplefilter("error")  # every module covered: no fallback warning
         adapter = loraquant.compress_peft(directory, bits=2.0, calibration=cal)
     assert all(q.out_error is not None for q in adapter.values())
+
+
+# --- command line ----------------------------------------------------------------------
+
+def _char_tokenizer(directory):
+    """A character-level tokenizer within the tiny models' vocabulary, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from _peft_fixtures import VOCAB
+    chars = "[UNK] abcdefghijklmnopqrstuvwxyz.,".split(" ")
+    vocab = {"[UNK]": 0, **{c: i + 1 for i, c in enumerate(chars[1])}}
+    assert len(vocab) <= VOCAB
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(str(directory))
+
+
+def test_cli_calibrate_then_compress(tmp_path):
+    from _peft_fixtures import llama, run_cli, save_adapter
+    base = tmp_path / "base"
+    llama().save_pretrained(str(base))
+    _char_tokenizer(base)
+    data = tmp_path / "calib.jsonl"
+    data.write_text('{"text": "the quick brown fox"}\n\n{"text": "jumps over, the lazy dog."}\n')
+    r = run_cli("calibrate", base, "--data", data, "-o", tmp_path / "base.lqc", "--seq-len", "8",
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "on 2 samples (16 tokens)" in r.stdout  # 8 of each, --seq-len 8
+    cal = loraquant.Calibration.load(tmp_path / "base.lqc")
+    assert set(cal.tokens.values()) == {16}
+    adapter = save_adapter("llama_rslora", tmp_path / "adapter")
+    r = run_cli("compress", adapter, tmp_path / "a.lqa", "--bits", "2", "--calibration",
+                tmp_path / "base.lqc", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "output err." in r.stdout and "calibrated modules" in r.stdout
+    assert loraquant.load(tmp_path / "a.lqa").options["calibration"] == str(base)
+
+
+def test_cli_bad_calibration_file_is_one_line(tmp_path):
+    from _peft_fixtures import run_cli, save_adapter
+    adapter = save_adapter("llama_rslora", tmp_path / "adapter")
+    (tmp_path / "bad.lqc").write_bytes(b"\0" * 40)
+    r = run_cli("compress", adapter, tmp_path / "a.lqa", "--calibration", tmp_path / "bad.lqc")
+    assert r.returncode == 1 and r.stderr.startswith("loraquant compress: error:")
+    assert len(r.stderr.strip().splitlines()) == 1

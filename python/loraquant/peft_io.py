@@ -225,7 +225,15 @@ def compress_peft(source, *, bits=None, rho=None, high_bits=None, group_size=128
                                calibration=calibration)
     return CompressedAdapter(modules, peft_config=src.config, extras=src.extras,
                              scalings={name: s for name, (_, _, s) in src.pairs.items()},
-                             options=options.record())
+                             options=_record(options, calibration))
+
+
+def _record(options, calibration) -> dict:
+    """The options a file records; a calibrated compression also names its base."""
+    rec = options.record()
+    if calibration is not None:
+        rec["calibration"] = calibration.base or "unnamed base"
+    return rec
 
 
 def compress_peft_file(adapter_dir, out, *, progress=False, threads=None,
