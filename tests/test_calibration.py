@@ -282,3 +282,14 @@ def test_cli_bad_calibration_file_is_one_line(tmp_path):
     r = run_cli("compress", adapter, tmp_path / "a.lqa", "--calibration", tmp_path / "bad.lqc")
     assert r.returncode == 1 and r.stderr.startswith("loraquant compress: error:")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_calibrated_default_refit_is_recorded_and_helps():
+    A, B = _pair(seed=5)
+    H = _loud(A.shape[1], seed=6)
+    cal = _calib(NAME, H)
+    with_refit = loraquant.compress_adapter({NAME: (A, B, 1.0)}, bits=2.0, calibration=cal)[NAME]
+    without = loraquant.compress_adapter({NAME: (A, B, 1.0)}, bits=2.0, calibration=cal,
+                                         refit_rounds=0)[NAME]
+    assert with_refit.out_error <= without.out_error * (1 + 1e-9)
+    assert with_refit.nbytes == without.nbytes  # re-fit changes codes, never widths

@@ -10,6 +10,8 @@ from . import _validate as V
 
 MAX_GROUP = 1 << 20
 MAX_THREADS = 1024
+#: least-squares re-fit rounds of calibrated compression unless told (see compress_adapter)
+CALIBRATED_REFIT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,13 @@ def resolve_options(bits=None, rho=None, high_bits=None, group_size=128,
     rr = 0 if refit_rounds is None else V.integer(refit_rounds, "refit_rounds", 0, 100)
     return Options(bits=b, group_size=group_size, range_search=bool(range_search),
                    refit_rounds=rr)
+
+
+def default_refit(refit_rounds, calibration, rho):
+    """refit_rounds as given, else CALIBRATED_REFIT_ROUNDS for calibrated budget mode, else 0."""
+    if refit_rounds is not None:
+        return refit_rounds
+    return CALIBRATED_REFIT_ROUNDS if calibration is not None and rho is None else 0
 
 
 def _torch():
@@ -195,7 +204,7 @@ def compress(A, B, *, bits=None, rho=None, high_bits=None, group_size=128,
 
 def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=128,
                      balance="relative", progress=False, threads=None, calibration=None,
-                     damping=0.01) -> dict:
+                     damping=0.01, refit_rounds=None) -> dict:
     """Compress every module of an adapter under one budget.
 
     `pairs` maps a module name to (A, B, scaling). In budget mode one average budget of
@@ -213,14 +222,18 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
     compression output-aware: for each module it covers, the split (SVD of
     s B A L, L L^T = H + damping * trace(H) / n * I), the widths and the re-fit minimise
     |(s B A - B_hat A_hat) L|_F, the error that reaches the layer's output; the
-    result's `out_error` is that error relative to |s B A L|_F. Modules it does not
+    result's `out_error` is that error relative to |s B A L|_F. `refit_rounds`
+    (budget mode) alternates least-squares re-fits of A and B, kept only while they
+    lower the error; it defaults to 3 with a calibration (in the output metric it gave
+    about 2 points of kept gain end to end) and 0 without (no gain measured). Modules it does not
     cover are compressed data-free, with a warning naming them; statistics whose
     shapes do not fit the adapter (another base model) raise ValueError.
     """
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    opts = resolve_options(bits=bits, rho=rho, high_bits=high_bits, group_size=group_size)
+    opts = resolve_options(bits=bits, rho=rho, high_bits=high_bits, group_size=group_size,
+                           refit_rounds=default_refit(refit_rounds, calibration, rho))
     if not hasattr(pairs, "items"):
         raise TypeError(f"pairs must be a mapping name -> (A, B, scaling), got {type(pairs).__name__}")
     if len(pairs) == 0:
