@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -194,15 +195,26 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("prepare", [](const F64& A, const F64& B, double scaling, double bits, double rho,
                       uint32_t high_bits, uint32_t group_size, bool range_search,
-                      uint32_t refit_rounds) {
+                      uint32_t refit_rounds, std::optional<F64> H, double damping) {
         lq::PairInput p = pair_input(A, B, scaling);
+        if (H) {
+          need_2d(*H, "H");
+          if ((uint64_t)H->shape(0) != p.n || (uint64_t)H->shape(1) != p.n)
+            throw std::invalid_argument("H is (" + std::to_string(H->shape(0)) + ", " +
+                                        std::to_string(H->shape(1)) + "); the pair has n = " +
+                                        std::to_string(p.n) + " input features");
+          p.H = H->data();
+          p.damping = damping;
+        }
         lq::CompressOptions o = options(bits, rho, high_bits, group_size, range_search, refit_rounds);
         py::gil_scoped_release nogil;
         return lq::prepare(p, o);
       }, py::arg("A"), py::arg("B"), py::arg("scaling") = 1.0, py::arg("bits") = 2.0,
       py::arg("rho") = 0.0, py::arg("high_bits") = 2, py::arg("group_size") = 128,
       py::arg("range_search") = true, py::arg("refit_rounds") = 0,
-      "Stage 1 of compress_many: factor one pair and encode its candidates (GIL released)");
+      py::arg("H") = py::none(), py::arg("damping") = 0.01,
+      "Stage 1 of compress_many: factor one pair and encode its candidates (GIL released); "
+      "with H (n x n input second moment), in the output metric");
 
   m.def("finish", [](const std::vector<std::shared_ptr<lq::Candidates>>& prepared, double bits,
                      double rho, uint32_t high_bits, uint32_t group_size, bool range_search,

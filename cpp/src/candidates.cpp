@@ -46,6 +46,17 @@ Candidates::Candidates(Factors f, uint32_t group, bool range_search)
     ashift_[k] = std::min(opt[k], wa);
   }
   cache_.resize((size_t)f_.r * 2 * LQ_MAX_WIDTH * kGroupOptions);
+  if (f_.weighted()) {
+    aw_.assign((size_t)f_.r * f_.n, 0.0);
+    for (uint32_t i = 0; i < f_.r; ++i) whiten(f_.a.data() + (size_t)i * f_.n, aw_.data() + (size_t)i * f_.n);
+  }
+}
+
+void Candidates::whiten(const double* x, double* out) const {
+  const Eigen::Index n = f_.n;
+  Eigen::Map<const Eigen::MatrixXd> L(f_.metric.data(), n, n);
+  Eigen::Map<Eigen::VectorXd>(out, n) =
+      L.transpose().triangularView<Eigen::Upper>() * Eigen::Map<const Eigen::VectorXd>(x, n);
 }
 
 bool Candidates::option_distinct(uint32_t k) const {
@@ -65,7 +76,23 @@ Candidates::Side& Candidates::side(uint32_t i, uint32_t s, uint32_t w, uint32_t 
   const double* xe = (s ? f_.a.data() : f_.b.data()) + (size_t)i * L;
   e.scales.resize(lq_scale_bytes(L, w, g) / 2);
   choose_scales(x, L, w, g, unit_, search_, e.scales.data());
-  decoded_dot(x, xe, L, w, g, unit_, e.scales.data(), &e.dot, &e.norm2);
+  if (s == 1 && f_.weighted()) {  // in the output metric: L^T a . L^T a_hat
+    std::vector<uint8_t> blk(lq_vector_bytes(L, w, g));
+    std::vector<float> deq(L);
+    write_block(x, L, w, g, unit_, e.scales.data(), blk.data(), deq.data());
+    std::vector<double> d(deq.begin(), deq.end()), wd(L);
+    whiten(d.data(), wd.data());
+    const double* xw = aw_.data() + (size_t)i * L;
+    double dot = 0, nrm = 0;
+    for (uint32_t j = 0; j < L; ++j) {
+      dot += xw[j] * wd[j];
+      nrm += wd[j] * wd[j];
+    }
+    e.dot = dot;
+    e.norm2 = nrm;
+  } else {
+    decoded_dot(x, xe, L, w, g, unit_, e.scales.data(), &e.dot, &e.norm2);
+  }
   e.done = true;
   return e;
 }
@@ -140,13 +167,23 @@ void Candidates::decoded(std::vector<float>& b_hat, std::vector<float>& a_hat) c
   }
 }
 
-double relative_error(const Factors& f, const std::vector<float>& bh, const std::vector<float>& ah) {
+double relative_error(const Factors& f, const std::vector<float>& bh, const std::vector<float>& ah,
+                      bool output) {
   using M = Eigen::MatrixXd;
-  Eigen::Map<const M> B(f.b.data(), f.m, f.r), A(f.a.data(), f.n, f.r);
+  Eigen::Map<const M> B(f.b.data(), f.m, f.r);
+  M A = Eigen::Map<const M>(f.a.data(), f.n, f.r);
   M Bh = Eigen::Map<const Eigen::MatrixXf>(bh.data(), f.m, f.r).cast<double>();
   M Ah = Eigen::Map<const Eigen::MatrixXf>(ah.data(), f.n, f.r).cast<double>();
   double xx = 0;
-  for (double s : f.sigma) xx += s * s;
+  if (f.weighted() && output) {  // everything through L: A -> L^T A
+    Eigen::Map<const M> L(f.metric.data(), f.n, f.n);
+    A = L.transpose().triangularView<Eigen::Upper>() * A;
+    Ah = L.transpose().triangularView<Eigen::Upper>() * Ah;
+  }
+  if (f.weighted() && !output)  // calibrated factors are not orthogonal in the input basis
+    xx = ((B.transpose() * B).cwiseProduct(A.transpose() * A)).sum();
+  else
+    for (double s : f.sigma) xx += s * s;
   double xy = ((B.transpose() * Bh).cwiseProduct(A.transpose() * Ah)).sum();
   double yy = ((Bh.transpose() * Bh).cwiseProduct(Ah.transpose() * Ah)).sum();
   double d = std::max(0.0, xx - 2 * xy + yy);
@@ -165,11 +202,20 @@ uint32_t Candidates::refit(uint32_t rounds) {
   const double limit = 0.25 * 16384.0 * unit_;  // keep re-fit values well inside fp16 range
   std::vector<float> bh, ah, col(std::max(m, n));
   decoded(bh, ah);
-  double best = relative_error(f_, bh, ah);
+  const bool out = f_.weighted();  // calibrated: least squares in the output metric
+  double best = relative_error(f_, bh, ah, out);
   uint32_t kept = 0;
-  // Least squares for the other factor: X = P Q^T with Q fixed -> P = X Q (Q^T Q)^-1.
-  auto solve = [&](const M& Xq, const M& Q) -> M {
-    M G = Q.transpose() * Q;
+  // H Q with H = L L^T (calibrated), else Q.
+  auto hmul = [&](const M& Q) -> M {
+    if (!out) return Q;
+    Eigen::Map<const M> L(f_.metric.data(), n, n);
+    M t = L.transpose().triangularView<Eigen::Upper>() * Q;
+    return L.triangularView<Eigen::Lower>() * t;
+  };
+  // Least squares for the other factor: X = P Q^T with Q fixed -> P = X HQ (Q^T HQ)^-1,
+  // HQ = Q for A given B_hat (the metric acts on the input side only).
+  auto solve = [&](const M& Xq, const M& Q, const M& HQ) -> M {
+    M G = Q.transpose() * HQ;
     G.diagonal().array() += 1e-12 * std::max(1e-300, G.diagonal().maxCoeff());
     return Xq * G.ldlt().solve(M::Identity(na, na));
   };
@@ -195,15 +241,17 @@ uint32_t Candidates::refit(uint32_t rounds) {
   };
   for (uint32_t round = 0; round < rounds; ++round) {
     std::vector<Chosen> saved(chosen_);
-    bool ok = requantize(solve(A * (B.transpose() * gather(bh, m)), gather(bh, m)), true);
+    const M Qb = gather(bh, m);
+    bool ok = requantize(solve(A * (B.transpose() * Qb), Qb, Qb), true);
     if (ok) {
       std::vector<float> tb, ta;
       decoded(tb, ta);
-      ok = requantize(solve(B * (A.transpose() * gather(ta, n)), gather(ta, n)), false);
+      const M Qa = gather(ta, n), HQa = hmul(Qa);
+      ok = requantize(solve(B * (A.transpose() * HQa), Qa, HQa), false);
     }
     std::vector<float> nb, nq;
     if (ok) decoded(nb, nq);
-    const double now = ok ? relative_error(f_, nb, nq) : INFINITY;
+    const double now = ok ? relative_error(f_, nb, nq, out) : INFINITY;
     if (!(now < best)) {
       chosen_.swap(saved);
       break;

@@ -39,7 +39,8 @@ class Candidates {
   uint32_t a_shift(uint32_t k) const { return ashift_[k]; }
   // Stored bytes of one component in configuration c (both vector blocks).
   uint64_t cost(Config c) const;
-  // |b_i a_i^T - b_hat a_hat^T|_F^2 in configuration c (0 widths: dropped).
+  // |b_i a_i^T - b_hat a_hat^T|_F^2 in configuration c (0 widths: dropped); for
+  // calibrated factors, in the output metric: |(b_i a_i^T - b_hat a_hat^T) L|_F^2.
   double err(uint32_t i, Config c);
   // Encode widths 1..max_w (every distinct group option, or k = 0 only) of every
   // component now.
@@ -62,13 +63,16 @@ class Candidates {
   struct Side {
     bool done = false;
     double dot = 0, norm2 = 0;  // x . x_hat and |x_hat|^2, against the exact vector
-    std::vector<uint16_t> scales;
+    std::vector<uint16_t> scales;  // (a side of calibrated factors: dot and norm2 are
+                                   // L^T x . L^T x_hat and |L^T x_hat|^2)
   };
   struct Chosen {
     std::vector<uint8_t> bblk, ablk;
     std::vector<float> bdeq, adeq;
   };
   Side& side(uint32_t i, uint32_t s, uint32_t w, uint32_t k);
+  // out = L^T x for a vector x of length n (calibrated factors only).
+  void whiten(const double* x, double* out) const;
   uint32_t len(uint32_t s) const { return s ? f_.n : f_.m; }
   uint64_t group_of(uint32_t s, uint32_t k) const {
     return lq_group(group_, s ? ashift_[k] : bshift_[k]);
@@ -80,14 +84,16 @@ class Candidates {
   float unit_;
   uint32_t bshift_[kGroupOptions], ashift_[kGroupOptions];
   std::vector<float> bf_, af_;  // float copies of the factors, component-major
+  std::vector<double> aw_;      // calibrated factors: L^T a_i, component-major (else empty)
   std::vector<Side> cache_;     // r x 2 sides x LQ_MAX_WIDTH x kGroupOptions
   std::vector<Config> cfg_;     // the selection
   std::vector<Chosen> chosen_;  // its encodings (copied from the cache, then re-fitted)
 };
 
 // Exact |X - Y|_F / |X|_F, X from the exact factors, Y from decoded ones (r x m, r x n).
+// With `output` and calibrated factors: |(X - Y) L|_F / |X L|_F, the output error.
 double relative_error(const Factors& f, const std::vector<float>& b_hat,
-                      const std::vector<float>& a_hat);
+                      const std::vector<float>& a_hat, bool output = false);
 
 // Configurations by greedy marginal gain per byte over all components of all pairs,
 // within `budget` bytes of vector blocks; with `relative`, each pair's squared error

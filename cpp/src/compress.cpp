@@ -90,8 +90,9 @@ uint32_t paper_split(const std::vector<double>& sigma, double rho) {
 std::shared_ptr<Candidates> prepare(const PairInput& p, const CompressOptions& o, bool shared) {
   check_options(o);
   check_pair(p);
-  auto c = std::make_shared<Candidates>(thin_svd(p.A, p.B, p.m, p.n, p.r, p.scaling),
-                                        o.group_size, o.range_search);
+  Factors f = p.H ? thin_svd_weighted(p.A, p.B, p.H, p.m, p.n, p.r, p.scaling, p.damping)
+                  : thin_svd(p.A, p.B, p.m, p.n, p.r, p.scaling);
+  auto c = std::make_shared<Candidates>(std::move(f), o.group_size, o.range_search);
   if (o.rho > 0) return c;
   c->precompute(3, true);
   if (shared) {

@@ -125,4 +125,30 @@ Factors thin_svd(const double* A, const double* B, uint32_t m, uint32_t n, uint3
   return f;
 }
 
+Factors thin_svd_weighted(const double* A, const double* B, const double* H, uint32_t m,
+                          uint32_t n, uint32_t r, double scaling, double damping) {
+  if (!(damping > 0 && std::isfinite(damping)))
+    throw std::invalid_argument("damping must be positive and finite");
+  Eigen::Map<const RowMat> Hm(H, n, n), Am(A, r, n);
+  if (!Hm.allFinite()) throw std::invalid_argument("the second moment H contains NaN or Inf");
+  if (!Am.allFinite()) throw std::invalid_argument("A contains NaN or Inf");
+  Mat S = 0.5 * (Hm + Hm.transpose());
+  const double tr = S.trace();
+  if (!(tr > 0)) throw std::invalid_argument("the second moment H is zero (no calibration tokens?)");
+  S.diagonal().array() += damping * tr / n;
+  Eigen::LLT<Mat> llt(S);
+  if (llt.info() != Eigen::Success)
+    throw std::invalid_argument("the second moment H is not positive semi-definite");
+  Mat L = llt.matrixL();
+  RowMat Aw = Am * L;  // s B A L: the update seen through the calibrated inputs
+  Factors f = thin_svd(Aw.data(), B, m, n, r, scaling);
+  // a_i = L^-T (L^T a_i): back to the input basis, where the packed codes live.
+  Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic>> Fa(f.a.data(), n, r);
+  L.transpose().triangularView<Eigen::Upper>().solveInPlace(Fa);
+  if (!Fa.allFinite())
+    throw std::invalid_argument("the calibrated factors overflow: H is too ill-conditioned");
+  f.metric.assign(L.data(), L.data() + (size_t)n * n);
+  return f;
+}
+
 }  // namespace loraquant

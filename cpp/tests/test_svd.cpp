@@ -1,6 +1,7 @@
 // thin_svd: the split factors rebuild s * B @ A (checked against a naive product),
 // components are orthogonal with |b_i|^2 = |a_i|^2 = sigma_i, sigma descends, signs
-// follow the documented convention, and bad input is refused.
+// follow the documented convention, and bad input is refused; the same for the split
+// in a calibrated output metric (thin_svd_weighted).
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -142,4 +143,55 @@ LQ_TEST(svd_refuses_non_finite_input) {
   p.B[1] = 0;
   CHECK_THROWS(lq::thin_svd(p.A.data(), p.B.data(), p.m, p.n, p.r, NAN), std::invalid_argument,
                "scaling must be finite");
+}
+
+// thin_svd_weighted: the factors still rebuild s * B @ A, and in the output metric
+// (L^T a_i, L L^T = H + ridge) the components are orthogonal with |b_i|^2 =
+// |L^T a_i|^2 = sigma_i; H of rank 1 (damping makes it definite) and bad H are covered.
+LQ_TEST(svd_weighted_rebuilds_and_is_orthogonal_in_the_metric) {
+  uint64_t seed = 600;
+  for (const Shape& sh : {Shape{3, 5, 2}, Shape{33, 31, 3}, Shape{7, 40, 16}, Shape{40, 9, 4}}) {
+    const lqtest::Pair p = lqtest::random_pair(sh.m, sh.n, sh.r, ++seed);
+    const lqtest::Pair x = lqtest::random_pair(1, sh.n, 2 * sh.n, ++seed);  // x.A: 2n input rows
+    for (int rank_one = 0; rank_one < 2; ++rank_one) {
+      std::vector<double> H((size_t)sh.n * sh.n, 0.0);
+      for (uint32_t t = 0; t < (rank_one ? 1u : 2 * sh.n); ++t)
+        for (uint32_t j = 0; j < sh.n; ++j)
+          for (uint32_t k = 0; k < sh.n; ++k)
+            H[(size_t)j * sh.n + k] += x.A[(size_t)t * sh.n + j] * x.A[(size_t)t * sh.n + k] *
+                                       (j == 0 && k == 0 ? 100.0 : 1.0);  // a loud channel
+      const lq::Factors f =
+          lq::thin_svd_weighted(p.A.data(), p.B.data(), H.data(), p.m, p.n, p.r, -0.7, 0.01);
+      CHECK(f.weighted() && f.metric.size() == (size_t)sh.n * sh.n);
+      double err, norm;
+      naive_error(p, -0.7, f, err, norm);
+      CHECK(err <= 1e-9 * norm);  // the metric's conditioning costs a few digits
+      std::vector<double> w((size_t)sh.r * sh.n, 0.0);  // L^T a_i, L column-major
+      for (uint32_t i = 0; i < sh.r; ++i)
+        for (uint32_t k = 0; k < sh.n; ++k)
+          for (uint32_t j = k; j < sh.n; ++j)
+            w[(size_t)i * sh.n + k] += f.metric[(size_t)k * sh.n + j] * f.a[(size_t)i * sh.n + j];
+      const double top = f.sigma[0];
+      bool ok = top > 0;
+      for (uint32_t i = 0; i < sh.r; ++i) {
+        const double* bi = f.b.data() + (size_t)i * sh.m;
+        const double* wi = w.data() + (size_t)i * sh.n;
+        ok = ok && std::fabs(dot(bi, bi, sh.m) - f.sigma[i]) <= 1e-9 * top;
+        ok = ok && std::fabs(dot(wi, wi, sh.n) - f.sigma[i]) <= 1e-9 * top;
+        for (uint32_t k = 0; k < i; ++k)
+          ok = ok && std::fabs(dot(wi, w.data() + (size_t)k * sh.n, sh.n)) <= 1e-9 * top;
+      }
+      CHECK(ok);
+    }
+  }
+  lqtest::Pair p = lqtest::random_pair(4, 3, 2, 700);
+  std::vector<double> H(9, 0.0);
+  CHECK_THROWS(lq::thin_svd_weighted(p.A.data(), p.B.data(), H.data(), 4, 3, 2, 1.0, 0.01),
+               std::invalid_argument, "is zero");
+  H = {1, 0, 0, 0, 1, 0, 0, 0, NAN};
+  CHECK_THROWS(lq::thin_svd_weighted(p.A.data(), p.B.data(), H.data(), 4, 3, 2, 1.0, 0.01),
+               std::invalid_argument, "NaN or Inf");
+  H = {1, 5, 0, 5, 1, 0, 0, 0, 1};  // eigenvalues 6, 1, -4: positive trace, indefinite
+  CHECK_THROWS(lq::thin_svd_weighted(p.A.data(), p.B.data(), H.data(), 4, 3, 2, 1.0, 0.01),
+               std::invalid_argument, "semi-definite");
 }

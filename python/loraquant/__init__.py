@@ -38,5 +38,7 @@ def __getattr__(name):
 
 
 from .batch import BatchReport, compress_many
+from .calibration import Calibration, calibrate
 
-__all__ += ["compress_peft", "export_peft", "compress_many", "BatchReport"]
+__all__ += ["compress_peft", "export_peft", "compress_many", "BatchReport", "Calibration",
+            "calibrate"]

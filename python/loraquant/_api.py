@@ -10,6 +10,8 @@ from . import _validate as V
 
 MAX_GROUP = 1 << 20
 MAX_THREADS = 1024
+#: least-squares re-fit rounds of calibrated compression unless told (see compress_adapter)
+CALIBRATED_REFIT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,13 @@ def resolve_options(bits=None, rho=None, high_bits=None, group_size=128,
                    refit_rounds=rr)
 
 
+def default_refit(refit_rounds, calibration, rho):
+    """refit_rounds as given, else CALIBRATED_REFIT_ROUNDS for calibrated budget mode, else 0."""
+    if refit_rounds is not None:
+        return refit_rounds
+    return CALIBRATED_REFIT_ROUNDS if calibration is not None and rho is None else 0
+
+
 def _torch():
     try:
         import torch
@@ -79,6 +88,10 @@ class QuantizedLoRA:
                                 else np.asarray(singular_values, dtype=np.float64))
         #: |s B A - B_hat A_hat|_F / |s B A|_F, measured when compressed (else None)
         self.rel_error = rel_error
+        #: |(s B A - B_hat A_hat) L|_F / |s B A L|_F, L L^T = H, when compressed with a
+        #: calibration that covers the module (else None). singular_values are then those
+        #: of s B A L.
+        self.out_error = None
 
     # --- what it is -------------------------------------------------------
     @property
@@ -190,7 +203,8 @@ def compress(A, B, *, bits=None, rho=None, high_bits=None, group_size=128,
 
 
 def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=128,
-                     balance="relative", progress=False, threads=None) -> dict:
+                     balance="relative", progress=False, threads=None, calibration=None,
+                     damping=0.01, refit_rounds=None) -> dict:
     """Compress every module of an adapter under one budget.
 
     `pairs` maps a module name to (A, B, scaling). In budget mode one average budget of
@@ -203,11 +217,23 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
     compressed alone.
     Returns {name: QuantizedLoRA} in the order of `pairs`. `progress=True` shows a
     progress bar (tqdm) over the modules.
+
+    `calibration` (a loraquant.Calibration of the adapter's base model) makes the
+    compression output-aware: for each module it covers, the split (SVD of
+    s B A L, L L^T = H + damping * trace(H) / n * I), the widths and the re-fit minimise
+    |(s B A - B_hat A_hat) L|_F, the error that reaches the layer's output; the
+    result's `out_error` is that error relative to |s B A L|_F. `refit_rounds`
+    (budget mode) alternates least-squares re-fits of A and B, kept only while they
+    lower the error; it defaults to 3 with a calibration (in the output metric it gave
+    about 2 points of kept gain end to end) and 0 without (no gain measured). Modules it does not
+    cover are compressed data-free, with a warning naming them; statistics whose
+    shapes do not fit the adapter (another base model) raise ValueError.
     """
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    opts = resolve_options(bits=bits, rho=rho, high_bits=high_bits, group_size=group_size)
+    opts = resolve_options(bits=bits, rho=rho, high_bits=high_bits, group_size=group_size,
+                           refit_rounds=default_refit(refit_rounds, calibration, rho))
     if not hasattr(pairs, "items"):
         raise TypeError(f"pairs must be a mapping name -> (A, B, scaling), got {type(pairs).__name__}")
     if len(pairs) == 0:
@@ -218,6 +244,8 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
             raise ValueError(f"module {name!r}: expected (A, B, scaling)")
         items.append((name, *val))
 
+    moments = _moments(items, calibration)
+    damping = V.real(damping, "damping", 1e-12, 1e6)
     if balance not in ("relative", "absolute"):
         raise ValueError(f"balance must be 'relative' or 'absolute', got {balance!r}")
     kw = opts.core_kwargs()
@@ -231,7 +259,8 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
         name, A, B, s = item
         try:
             a, b = V.lora_pair(A, B)
-            return _core.prepare(a, b, V.finite(s, "scaling"), **kw)
+            return _core.prepare(a, b, V.finite(s, "scaling"), **kw, H=moments.get(name),
+                                 damping=damping)
         except (TypeError, ValueError) as e:
             raise type(e)(f"module {name!r}: {e}") from None
         finally:
@@ -249,8 +278,51 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
     finally:
         bar.close()
     results = _core.finish(prepared, balance=balance, **kw)
-    return {name: QuantizedLoRA(mod, sigma, err)
-            for (name, *_), (mod, sigma, err) in zip(items, results)}
+    out = {name: QuantizedLoRA(mod, sigma, err)
+           for (name, *_), (mod, sigma, err) in zip(items, results)}
+    if calibration is not None:
+        from .calibration import output_error
+        for name, A, B, s in items:
+            h = moments.get(name)
+            if h is None:
+                h = calibration.moment(name)
+            if h is not None:
+                a, b = V.lora_pair(A, B)
+                ah, bh = out[name]._m.dequantize()
+                out[name].out_error = output_error(a, b, float(s), ah, bh, h)
+    return out
+
+
+def _moments(items, calibration) -> dict:
+    """{name: H} for the modules `calibration` covers; warns naming those it does not,
+    ValueError where a shape does not fit (statistics of another base model)."""
+    if calibration is None:
+        return {}
+    import warnings
+    from .calibration import Calibration
+    if not isinstance(calibration, Calibration):
+        raise TypeError(f"calibration must be a loraquant.Calibration, got "
+                        f"{type(calibration).__name__}")
+    moments, missing = {}, []
+    for name, a, _b, _s in items:
+        h = calibration.moment(name)
+        n = getattr(a, "shape", (None, None))[-1]   # unchecked input: its own error comes later
+        if h is None:
+            missing.append(name)
+        elif n is not None and h.shape[0] != n:
+            raise ValueError(f"module {name!r}: the calibration's second moment is "
+                             f"{h.shape[0]} x {h.shape[0]} but lora_A has n = {n} "
+                             f"input features: statistics of another base model?")
+        else:
+            moments[name] = h
+    if missing and not moments:
+        raise ValueError(f"the calibration covers none of the {len(items)} modules (e.g. "
+                         f"{missing[0]!r}): statistics of another base model?")
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        warnings.warn(f"the calibration does not cover {len(missing)} module(s), compressed "
+                      f"data-free: {shown}", UserWarning, stacklevel=3)
+    return moments
 
 
 class _NoBar:

@@ -13,6 +13,7 @@ import json
 import math
 import struct
 import sys
+import zlib
 from dataclasses import dataclass
 
 from ._core import FormatError
@@ -263,3 +264,16 @@ def _check_tiling(entries, data_len: int) -> None:
         pos = e.end
     if pos != data_len:
         raise FormatError(f"the data section has {data_len} bytes but the tensors cover {pos}")
+
+
+def read_data(f, size: int, data_start: int, crc_text: str) -> memoryview:
+    """The whole data section of an open file, checked against the CRC-32 its header
+    records (8 lowercase hex digits)."""
+    data = memoryview(f.read(size - data_start))
+    if len(data) != size - data_start:
+        raise FormatError(f"could read only {len(data)} of {size - data_start} data bytes")
+    crc = zlib.crc32(data)
+    if f"{crc:08x}" != crc_text:
+        raise FormatError(f"data CRC-32 is {crc:08x} but the header says {crc_text}: "
+                          f"the file is corrupt")
+    return data

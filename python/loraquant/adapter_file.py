@@ -327,13 +327,7 @@ def _read(f, size: int) -> CompressedAdapter:
         owned = {BLOBS, SIGMA}
     _check_names(entries, owned, extras)
 
-    data = memoryview(f.read(size - data_start))
-    if len(data) != size - data_start:
-        raise FormatError(f"could read only {len(data)} of {size - data_start} data bytes")
-    crc = zlib.crc32(data)
-    if f"{crc:08x}" != crc_text:
-        raise FormatError(f"data CRC-32 is {crc:08x} but the header says {crc_text}: "
-                          f"the file is corrupt")
+    data = st.read_data(f, size, data_start, crc_text)
 
     out = _modules_v1(modules, entries, data) if v1 else _modules(modules, entries, data)
     return CompressedAdapter(

@@ -1,6 +1,8 @@
 """The `loraquant` command (also `python -m loraquant`).
 
     loraquant compress ADAPTER_DIR OUT [--bits 2 | --rho R [--high-bits H]] [--group-size G]
+                       [--calibration BASE.lqc]
+    loraquant calibrate BASE_DIR --data FILE -o BASE.lqc [--samples N] [--seq-len L]
     loraquant batch ROOT OUT [compress options] [--workers N] [--ray [ADDRESS|local]]
     loraquant inspect FILE [--plot OUT.png] [--probe]
     loraquant export FILE OUT_DIR [--dtype float32] [--force]
@@ -39,6 +41,8 @@ def add_compress(sub) -> None:
                                        "adapter_model.safetensors (or .bin)")
     p.add_argument("out", help="the compressed file to write")
     add_compress_options(p)
+    p.add_argument("--calibration", metavar="LQC", help="statistics of the base model "
+                   "(`loraquant calibrate`): minimise the error at the layers' outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_compress)
 
@@ -61,8 +65,12 @@ def compress_options(args) -> dict:
 
 
 def run_compress(args) -> int:
+    calibration = None
+    if args.calibration:
+        from .calibration import Calibration
+        calibration = Calibration.load(args.calibration)
     src, adapter = compress_peft_file(args.adapter_dir, args.out, progress=not args.quiet,
-                                      **compress_options(args))
+                                      calibration=calibration, **compress_options(args))
     print(compress_summary(src, adapter, os.path.getsize(args.out), args.out))
     return 0
 
@@ -108,7 +116,75 @@ def compress_summary(src, adapter, file_bytes: int, out: str) -> str:
         f"  rel. error   {overall:.4f} overall (|dW - dW_hat|_F / |dW|_F over all modules); "
         f"worst {worst:.4f} in {worst_name}",
     ]
+    outs = [(q.out_error, name) for name, q in adapter.items() if q.out_error is not None]
+    if outs:
+        mean = math.sqrt(sum(e * e for e, _ in outs) / len(outs))
+        worst_out, worst_out_name = max(outs)
+        lines.append(f"  output err.  {mean:.4f} rms over {len(outs)} calibrated modules "
+                     f"(|(dW - dW_hat) X| / |dW X| on the calibration inputs); worst "
+                     f"{worst_out:.4f} in {worst_out_name}")
     return "\n".join(lines)
+
+
+# --- calibrate ----------------------------------------------------------------------
+
+def add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="measure a base model's layer inputs once, for "
+                       "output-aware compression of all its adapters",
+                       description="Run a transformers base model on text and write the "
+                                   "second moment of every linear layer's input (.lqc).")
+    p.add_argument("base_dir", help="transformers model directory (or hub id), with its tokenizer")
+    p.add_argument("--data", required=True, help="text, one sample a line, or .jsonl with a "
+                   "\"text\" field")
+    p.add_argument("-o", "--out", required=True, help="the .lqc file to write")
+    p.add_argument("--samples", type=int, default=128, help="samples used (default 128)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per sample at most "
+                   "(default 512)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_calibrate)
+
+
+def read_samples(path: str, samples: int) -> list:
+    """Up to `samples` non-empty texts: lines of a text file, or the "text" field of the
+    lines of a .jsonl file."""
+    import json
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for k, line in enumerate(f, 1):
+            if len(out) >= samples:
+                break
+            if path.endswith(".jsonl"):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (ValueError, KeyError, TypeError):
+                    raise ValueError(f"{path}:{k}: not a JSON object with a \"text\" field") from None
+            else:
+                text = line.rstrip("\n")
+            if isinstance(text, str) and text.strip():
+                out.append(text)
+    if not out:
+        raise ValueError(f"{path}: no non-empty sample")
+    return out
+
+
+def run_calibrate(args) -> int:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .calibration import calibrate
+    if args.samples < 1 or args.seq_len < 1:
+        raise ValueError("--samples and --seq-len must be at least 1")
+    texts = read_samples(args.data, args.samples)
+    tokenizer = AutoTokenizer.from_pretrained(args.base_dir)
+    model = AutoModelForCausalLM.from_pretrained(args.base_dir)
+    batches = [tokenizer(t, return_tensors="pt", truncation=True,
+                         max_length=args.seq_len)["input_ids"] for t in texts]
+    cal = calibrate(model, batches, progress=not args.quiet, base=args.base_dir)
+    cal.save(args.out)
+    tokens = max(cal.tokens.values())
+    print(f"calibrated {len(cal)} linear layers of {args.base_dir} on {len(texts)} samples "
+          f"({tokens} tokens) -> {args.out} ({_size(os.path.getsize(args.out))})")
+    return 0
 
 
 # --- batch --------------------------------------------------------------------------
@@ -266,7 +342,7 @@ def add_demo(sub) -> None:
     p.set_defaults(run=demo.run_args)
 
 
-SUBCOMMANDS = (add_compress, add_batch, add_inspect, add_export, add_demo)
+SUBCOMMANDS = (add_compress, add_calibrate, add_batch, add_inspect, add_export, add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,12 @@ struct PairInput {
   const double* B = nullptr;
   uint32_t m = 0, n = 0, r = 0;
   double scaling = 1.0;
+  // Calibrated compression (optional): H is the n x n second moment E[x x^T] of the
+  // layer's inputs, row-major. The split, the widths and the re-fit then minimise the
+  // output error |(s B A - B_hat A_hat) L|_F, L L^T = H + damping * trace(H) / n * I
+  // (thin_svd_weighted). Null: data-free, every input direction weighs the same.
+  const double* H = nullptr;
+  double damping = 0.01;
 };
 
 struct Compressed {

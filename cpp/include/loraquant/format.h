@@ -227,4 +227,28 @@ LQ_HD uint32_t lq_get_code(const uint32_t* words, uint64_t j, uint32_t width) {
 #define LQ_ADAPTER_FORMAT_VERSION "2"    /* what the writers write */
 #define LQ_ADAPTER_FORMAT_VERSION_1 "1"  /* still read */
 
+/* ---- the calibration file (.lqc): what loraquant.Calibration.save writes ----------
+ *
+ * Statistics of one base model, for output-aware compression of any adapter of it
+ * (python/loraquant/calibration.py writes and reads it; the C++ side takes H as an
+ * array, PairInput::H). The same safetensors container as above. Metadata:
+ *
+ *   "format"          "loraquant-calibration"
+ *   "format_version"  "1"
+ *   "modules"         a JSON array of {"name": str, "n": int > 0, "tokens": int > 0}:
+ *                     name the PEFT module path of a linear layer ("base_model.model."
+ *                     + its path in the base model), n its input features, tokens the
+ *                     number of input rows averaged
+ *   "base"            the base model's name or path (informational)
+ *   "data_crc32"      CRC-32 of the whole data section, 8 lowercase hex digits
+ *
+ * Tensors: one per module, "H.<name>" F32 [n, n], row-major: H = sum(x x^T) / tokens
+ * over the calibration inputs x of that layer (accumulated in float64), symmetric
+ * positive semi-definite. Every tensor is a listed module's; each listed module has its
+ * tensor. 4 n^2 bytes per module (64 MiB for n = 4096). Anything else, a CRC
+ * mismatch, or a NaN / Inf in H is a format error.
+ */
+#define LQ_CALIBRATION_FORMAT "loraquant-calibration"
+#define LQ_CALIBRATION_FORMAT_VERSION "1"
+
 #endif /* LORAQUANT_FORMAT_H */
