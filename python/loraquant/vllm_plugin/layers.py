@@ -125,8 +125,8 @@ def _add_packed_cuda(table: PackedSlots, idx, x, output):
     for reg, width in zip(table.registries(x.device), table.output_slices):
         if reg is not None:
             registry, slot_map = reg
-            safe = idx.clamp(min=0).long()
-            ridx = torch.where(idx >= 0, slot_map[safe], torch.full_like(slot_map[safe], -1))
+            mapped = slot_map[idx.clamp(min=0).long()]
+            ridx = torch.where(idx >= 0, mapped, torch.full_like(mapped, -1))
             y = torch.zeros((x.shape[0], width), dtype=x.dtype, device=x.device)
             cuda_ops.bgmv(y, x, registry, ridx)
             output[:, offset:offset + width].add_(y)

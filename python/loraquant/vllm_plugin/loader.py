@@ -83,7 +83,7 @@ def _vllm_name(peft_name: str, mapper) -> str:
     return module
 
 
-def layer_slices(manager, layer_name: str, layer) -> list[str]:
+def layer_slices(manager, layer_name: str) -> list[str]:
     """The adapter-side module names of a vLLM layer's output slices, in order."""
     subs = manager.packed_modules.get(layer_name)
     if subs:
@@ -134,7 +134,7 @@ def build_packed_model(manager, lora_request, expected_modules: set[str]) -> Pac
 
     packed, used = {}, set()
     for layer_name, layer in manager.modules.items():
-        subs = layer_slices(manager, layer_name, layer)
+        subs = layer_slices(manager, layer_name)
         found = [by_vllm.get(s) for s in subs]
         if not any(found):
             continue

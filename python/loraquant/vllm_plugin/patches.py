@@ -75,8 +75,8 @@ def _make_load_adapter(original):
 
 # --- 2. slots -----------------------------------------------------------------------
 
-def _tables(manager) -> list:
-    """Every linear LoRA layer's slot table, made once per manager."""
+def _tables(manager) -> dict:
+    """Every linear LoRA layer's slot table, made once per manager (layer name -> table)."""
     tables = getattr(manager, "_loraquant_tables", None)
     if tables is None:
         tables = {}
@@ -84,6 +84,7 @@ def _tables(manager) -> list:
             if is_linear_lora_layer(layer):
                 layer._loraquant = PackedSlots(manager.lora_slots, layer.output_slices)
                 layer._loraquant_key = register_table(layer._loraquant)
+                layer._loraquant_dense = not packed_only()   # read once, not per step
                 tables[name] = layer._loraquant
         manager._loraquant_tables = tables
     return tables
@@ -152,15 +153,16 @@ def evict_over_budget(manager, keep: int, budget: int) -> None:
     """Drop the least recently used packed adapters that are not in a slot until the
     packed bytes in the cache fit `budget` (the adapter `keep` stays)."""
     cache = manager._registered_adapters
-    held = lambda: sum(getattr(m, "nbytes", 0) for m in cache.cache.values())
+    held = sum(getattr(m, "nbytes", 0) for m in cache.cache.values())
     for lora_id in list(cache.order):
-        if held() <= budget:
+        if held <= budget:
             return
         model = cache.cache.get(lora_id)
         if (lora_id == keep or lora_id in manager._active_adapters
                 or not isinstance(model, PackedLoRAModel)):
             continue
         manager.remove_adapter(lora_id)
+        held -= model.nbytes
 
 
 def _make_add(original):
@@ -189,7 +191,7 @@ def _make_apply_lora(original):
         if key is None:
             return original(self, x, output)
         # no Python branch on what the slots hold: vLLM may trace this once
-        if not packed_only():
+        if self._loraquant_dense:
             output = original(self, x, output)     # dense adapters (zero in packed slots)
         shape = output.shape if output.ndim == 3 else None
         x2 = x.flatten(0, 1) if x.ndim == 3 else x
