@@ -21,6 +21,8 @@ struct Move {
 // up to 3 (so that the sign step, which costs a whole bit and a scale, can be taken
 // together with the next one); a kept one may add one or two bits to either factor
 // or both (factor widths at most 2 apart). Any group option, as long as it costs more.
+// A move whose gain cannot beat the best so far even at err_floor() is skipped without
+// encoding its vectors (the result is the same: only a strictly larger ratio wins).
 Move best_move(Candidates& c, uint32_t i, Config cur, int64_t budget, double weight) {
   Move best;
   const double e0 = c.err(i, cur);
@@ -32,6 +34,7 @@ Move best_move(Candidates& c, uint32_t i, Config cur, int64_t budget, double wei
       const Config to{wb, wa, k};
       const int64_t bytes = (int64_t)c.cost(to) - (int64_t)c0;
       if (bytes <= 0 || bytes > budget) continue;
+      if (weight * (e0 - c.err_floor(i, to)) / (double)bytes <= best.ratio) continue;
       const double ratio = weight * (e0 - c.err(i, to)) / (double)bytes;
       if (ratio > best.ratio) best = Move{ratio, to, bytes};
     }

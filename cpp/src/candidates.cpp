@@ -8,6 +8,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "gram.h"
 #include "loraquant/quantize.h"
 
 namespace loraquant {
@@ -50,6 +51,13 @@ Candidates::Candidates(Factors f, uint32_t group, bool range_search)
     aw_.assign((size_t)f_.r * f_.n, 0.0);
     for (uint32_t i = 0; i < f_.r; ++i) whiten(f_.a.data() + (size_t)i * f_.n, aw_.data() + (size_t)i * f_.n);
   }
+  norm2_.assign((size_t)2 * f_.r, 0.0);
+  const std::vector<double>& a_metric = f_.weighted() ? aw_ : f_.a;
+  for (uint32_t i = 0; i < f_.r; ++i) {
+    for (uint32_t j = 0; j < f_.m; ++j) norm2_[2 * i] += f_.b[(size_t)i * f_.m + j] * f_.b[(size_t)i * f_.m + j];
+    for (uint32_t j = 0; j < f_.n; ++j)
+      norm2_[2 * i + 1] += a_metric[(size_t)i * f_.n + j] * a_metric[(size_t)i * f_.n + j];
+  }
 }
 
 void Candidates::whiten(const double* x, double* out) const {
@@ -68,7 +76,7 @@ uint64_t Candidates::cost(Config c) const {
 }
 
 Candidates::Side& Candidates::side(uint32_t i, uint32_t s, uint32_t w, uint32_t k) {
-  Side& e = cache_[(((size_t)i * 2 + s) * LQ_MAX_WIDTH + (w - 1)) * kGroupOptions + k];
+  Side& e = cache_[slot(i, s, w, k)];
   if (e.done) return e;
   const uint32_t L = len(s);
   const uint64_t g = group_of(s, k);
@@ -107,15 +115,20 @@ double Candidates::err(uint32_t i, Config c) {
   return std::max(0.0, s2 - 2.0 * b.dot * a.dot + b.norm2 * a.norm2);
 }
 
-void Candidates::precompute(uint32_t max_w, bool all_groups) {
-  // Serial on purpose: callers parallelise across pairs, where the work is coarse.
-  for (uint32_t i = 0; i < f_.r; ++i) {
-    if (!(f_.sigma[i] > 0)) continue;
-    for (uint32_t s = 0; s < 2; ++s)
-      for (uint32_t w = 1; w <= max_w; ++w)
-        for (uint32_t k = 0; k < (all_groups ? kGroupOptions : 1); ++k)
-          if (option_distinct(k)) side(i, s, w, k);
+double Candidates::err_floor(uint32_t i, Config c) const {
+  const double s2 = f_.sigma[i] * f_.sigma[i];
+  if (!c.kept()) return s2;
+  // err() is s2 - 2 Db Da + Nb Na (D = x . x_hat, N = |x_hat|^2 of each side). With one
+  // side's (D, N) known, Cauchy-Schwarz on the other (D'^2 <= |x'|^2 N') leaves at
+  // least s2 - D^2 |x'|^2 / N: the best the other side could do.
+  double floor = 0;
+  for (uint32_t s = 0; s < 2; ++s) {
+    const Side& e = cache_[slot(i, s, s ? c.wa : c.wb, c.k)];
+    if (e.done && e.norm2 > 0)
+      floor = std::max(floor, s2 - e.dot * e.dot * norm2_[2 * i + (1 - s)] / e.norm2);
   }
+  // Room for the rounding of err(), which sums the terms another way.
+  return std::max(0.0, floor - 1e-9 * s2);
 }
 
 void Candidates::select(const std::vector<Config>& cfg) {
@@ -181,11 +194,11 @@ double relative_error(const Factors& f, const std::vector<float>& bh, const std:
     Ah = L.transpose().triangularView<Eigen::Upper>() * Ah;
   }
   if (f.weighted() && !output)  // calibrated factors are not orthogonal in the input basis
-    xx = ((B.transpose() * B).cwiseProduct(A.transpose() * A)).sum();
+    xx = (gram(B).cwiseProduct(gram(A))).sum();
   else
     for (double s : f.sigma) xx += s * s;
   double xy = ((B.transpose() * Bh).cwiseProduct(A.transpose() * Ah)).sum();
-  double yy = ((Bh.transpose() * Bh).cwiseProduct(Ah.transpose() * Ah)).sum();
+  double yy = (gram(Bh).cwiseProduct(gram(Ah))).sum();
   double d = std::max(0.0, xx - 2 * xy + yy);
   if (xx <= 0) return d > 0 ? INFINITY : 0.0;
   return std::sqrt(d / xx);

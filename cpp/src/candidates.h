@@ -42,9 +42,10 @@ class Candidates {
   // |b_i a_i^T - b_hat a_hat^T|_F^2 in configuration c (0 widths: dropped); for
   // calibrated factors, in the output metric: |(b_i a_i^T - b_hat a_hat^T) L|_F^2.
   double err(uint32_t i, Config c);
-  // Encode widths 1..max_w (every distinct group option, or k = 0 only) of every
-  // component now.
-  void precompute(uint32_t max_w, bool all_groups);
+  // A lower bound of err(i, c) from the sides already encoded, without encoding any:
+  // with one vector's encoding fixed, the best the other could do leaves
+  // sigma^2 (1 - cos^2(x, x_hat)) (0 when neither side of c is encoded yet).
+  double err_floor(uint32_t i, Config c) const;
   // Fix one configuration per component; payload, decoded and refit then use it.
   void select(const std::vector<Config>& cfg);
   // The payload of the selection (format.h).
@@ -71,6 +72,9 @@ class Candidates {
     std::vector<float> bdeq, adeq;
   };
   Side& side(uint32_t i, uint32_t s, uint32_t w, uint32_t k);
+  size_t slot(uint32_t i, uint32_t s, uint32_t w, uint32_t k) const {
+    return (((size_t)i * 2 + s) * LQ_MAX_WIDTH + (w - 1)) * kGroupOptions + k;
+  }
   // out = L^T x for a vector x of length n (calibrated factors only).
   void whiten(const double* x, double* out) const;
   uint32_t len(uint32_t s) const { return s ? f_.n : f_.m; }
@@ -85,6 +89,7 @@ class Candidates {
   uint32_t bshift_[kGroupOptions], ashift_[kGroupOptions];
   std::vector<float> bf_, af_;  // float copies of the factors, component-major
   std::vector<double> aw_;      // calibrated factors: L^T a_i, component-major (else empty)
+  std::vector<double> norm2_;   // |b_i|^2, |a_i|^2 (|L^T a_i|^2 calibrated), interleaved
   std::vector<Side> cache_;     // r x 2 sides x LQ_MAX_WIDTH x kGroupOptions
   std::vector<Config> cfg_;     // the selection
   std::vector<Chosen> chosen_;  // its encodings (copied from the cache, then re-fitted)

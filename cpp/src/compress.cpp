@@ -93,18 +93,15 @@ std::shared_ptr<Candidates> prepare(const PairInput& p, const CompressOptions& o
   Factors f = p.H ? thin_svd_weighted(p.A, p.B, p.H, p.m, p.n, p.r, p.scaling, p.damping)
                   : thin_svd(p.A, p.B, p.m, p.n, p.r, p.scaling);
   auto c = std::make_shared<Candidates>(std::move(f), o.group_size, o.range_search);
-  if (o.rho > 0) return c;
-  c->precompute(3, true);
-  if (shared) {
-    // Warm the cache with the candidates that finish() will most likely ask for: those
-    // this pair's own allocation visits, a little above the budget. finish() shares
-    // one budget over all pairs and runs serially, pairs run here in parallel. This
-    // changes no result, only where the encoding work is done: on the 7B-shaped
-    // adapter at 2 bits it leaves finish() 4 % of the encodings instead of a third,
-    // for 1 % more in all.
-    std::vector<Candidates*> one{c.get()};
-    allocate_greedy(one, block_budget(one, o.bits + kWarmMarginBits), o.relative_balance);
-  }
+  if (o.rho > 0 || !shared) return c;
+  // Warm the cache with the candidates that finish() will most likely ask for: those
+  // this pair's own allocation visits, a little above the budget. finish() shares
+  // one budget over all pairs and runs serially, pairs run here in parallel. This
+  // changes no result, only where the encoding work is done: on the 7B-shaped
+  // adapter at 2 bits it leaves finish() 4 % of the encodings instead of a third,
+  // for 1 % more in all.
+  std::vector<Candidates*> one{c.get()};
+  allocate_greedy(one, block_budget(one, o.bits + kWarmMarginBits), o.relative_balance);
   return c;
 }
 

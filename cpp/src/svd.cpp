@@ -6,6 +6,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "gram.h"
+
 namespace loraquant {
 
 namespace {
@@ -43,13 +45,13 @@ template <class X_t>
 bool cholesky_qr2(const X_t& X, ThinQR& f) {
   const Eigen::Index k = X.cols();
   if (X.rows() < k) return false;
-  Mat G = X.transpose() * X;
+  Mat G = gram(X);
   Eigen::LLT<Mat> c1(G);
   if (c1.info() != Eigen::Success) return false;
   const Mat R1 = c1.matrixU();
   f.Q1 = X;
   R1.triangularView<Eigen::Upper>().solveInPlace<Eigen::OnTheRight>(f.Q1);
-  G.noalias() = f.Q1.transpose() * f.Q1;
+  G = gram(f.Q1);
   if (!G.allFinite() || (G - Mat::Identity(k, k)).cwiseAbs().maxCoeff() > kGramSlack / (double)k)
     return false;
   Eigen::LLT<Mat> c2(G);
