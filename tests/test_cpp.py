@@ -8,7 +8,7 @@ import pytest
 from _cppbuild import installed, run, tool  # noqa: F401  (installed is a fixture)
 
 # One ctest per group of cases (cpp/tests/CMakeLists.txt), and the C program.
-GROUPS = ["half", "pack", "vector", "kernels", "allocate", "svd", "module", "blob", "json", "adapter_file",
+GROUPS = ["half", "pack", "vector", "kernels", "tall", "allocate", "svd", "module", "blob", "json", "adapter_file",
           "adapter_malformed", "c_api", "c_api_from_c"]
 
 

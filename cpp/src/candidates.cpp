@@ -8,7 +8,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "gram.h"
+#include "tall_products.h"
 #include "loraquant/quantize.h"
 
 namespace loraquant {
@@ -197,7 +197,7 @@ double relative_error(const Factors& f, const std::vector<float>& bh, const std:
     xx = (gram(B).cwiseProduct(gram(A))).sum();
   else
     for (double s : f.sigma) xx += s * s;
-  double xy = ((B.transpose() * Bh).cwiseProduct(A.transpose() * Ah)).sum();
+  double xy = (cross(B, Bh).cwiseProduct(cross(A, Ah))).sum();
   double yy = (gram(Bh).cwiseProduct(gram(Ah))).sum();
   double d = std::max(0.0, xx - 2 * xy + yy);
   if (xx <= 0) return d > 0 ? INFINITY : 0.0;

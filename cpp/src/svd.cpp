@@ -6,7 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "gram.h"
+#include "tall_products.h"
 
 namespace loraquant {
 
@@ -43,14 +43,15 @@ constexpr double kGramSlack = 0.01;
 // Q1 is too far from orthonormal for the second pass to repair.
 template <class X_t>
 bool cholesky_qr2(const X_t& X, ThinQR& f) {
-  const Eigen::Index k = X.cols();
-  if (X.rows() < k) return false;
-  Mat G = gram(X);
+  const Eigen::Index k = X.cols(), m = X.rows();
+  if (m < k) return false;
+  const TallKernels& K = active_tall_kernels();
+  f.Q1 = X;  // column-major from here on
+  Mat G = gram(f.Q1);
   Eigen::LLT<Mat> c1(G);
   if (c1.info() != Eigen::Success) return false;
   const Mat R1 = c1.matrixU();
-  f.Q1 = X;
-  R1.triangularView<Eigen::Upper>().solveInPlace<Eigen::OnTheRight>(f.Q1);
+  K.trsm_upper(f.Q1.data(), (size_t)m, (size_t)m, (size_t)k, R1.data(), (size_t)k);
   G = gram(f.Q1);
   if (!G.allFinite() || (G - Mat::Identity(k, k)).cwiseAbs().maxCoeff() > kGramSlack / (double)k)
     return false;
@@ -72,7 +73,9 @@ void left_factors(const ThinQR& f, const Mat& W, const Eigen::VectorXd& scale,
                   Eigen::Map<Mat> out) {
   Mat T = W * scale.asDiagonal();
   f.C.triangularView<Eigen::Upper>().solveInPlace(T);
-  out.leftCols(T.cols()).noalias() = f.Q1 * T;
+  active_tall_kernels().nn(f.Q1.data(), (size_t)f.Q1.rows(), (size_t)f.Q1.rows(), (size_t)f.Q1.cols(),
+                           T.data(), (size_t)T.rows(), (size_t)T.cols(), out.data(),
+                           (size_t)out.rows());
 }
 }  // namespace
 
