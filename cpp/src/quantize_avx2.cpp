@@ -1,6 +1,6 @@
 // AVX2 twins of the reference RTN kernels (quantize_kernels.cpp), 8 floats at a time
 // in the reference's lane order, so that every result has the same bits. Compiled with
-// a target attribute and used only when the CPU reports AVX2.
+// target attributes and used only when the CPU reports AVX2 and FMA.
 #include "quantize_kernels.h"
 
 #if LORAQUANT_HAVE_AVX2_KERNELS
@@ -14,6 +14,7 @@ namespace loraquant {
 namespace {
 
 #define LQ_AVX2 __attribute__((target("avx2")))
+#define LQ_AVX2FMA __attribute__((target("avx2,fma")))
 
 // The reference's level(): NaN and negatives to 0 (max returns its second operand when
 // the first is NaN), at most qmax, then round half up by truncation.
@@ -22,12 +23,6 @@ LQ_AVX2 inline __m256 level8(__m256 x, __m256 zmin, __m256 inv, __m256 qmax) {
   v = _mm256_max_ps(v, _mm256_setzero_ps());
   v = _mm256_min_ps(v, qmax);
   return _mm256_cvtepi32_ps(_mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5f))));
-}
-
-// tail + lanes 0..7, in the reference's order.
-inline float combine(float tail, const float* lanes) {
-  for (int k = 0; k < 8; ++k) tail += lanes[k];
-  return tail;
 }
 
 LQ_AVX2 void minmax_avx2(const float* x, size_t len, float* lo, float* hi) {
@@ -58,38 +53,48 @@ LQ_AVX2 void minmax_avx2(const float* x, size_t len, float* lo, float* hi) {
   *hi = h;
 }
 
-// Partial sums are checked against `stop` every kCheck entries.
-constexpr size_t kCheck = 64;
+// Partial sums are checked against `stop` every kCheck entries (only long groups exit
+// early: a candidate that loses usually loses by less than half).
+constexpr size_t kCheck = 256;
 
-LQ_AVX2 float rtn_error_avx2(const float* x, size_t len, float delta, float zmin, float qmax,
-                             float stop) {
+// tail + lanes 0..15 (acc[0] holds 0..7, acc[1] 8..15), in the reference's order.
+LQ_AVX2 inline float add_lanes16(float tail, const __m256* acc) {
+  alignas(32) float lanes[16];
+  _mm256_store_ps(lanes, acc[0]);
+  _mm256_store_ps(lanes + 8, acc[1]);
+  for (int k = 0; k < 16; ++k) tail += lanes[k];
+  return tail;
+}
+
+LQ_AVX2FMA float rtn_error_avx2(const float* x, size_t len, float delta, float zmin, float qmax,
+                                float stop) {
   const float inv = delta > 0 ? 1.0f / delta : 0.0f;
   const __m256 vz = _mm256_set1_ps(zmin), vi = _mm256_set1_ps(inv), vq = _mm256_set1_ps(qmax),
-               vd = _mm256_set1_ps(delta);
-  __m256 acc = _mm256_setzero_ps();
-  alignas(32) float lanes[8];
-  const size_t body = len & ~(size_t)7;
+               vd = _mm256_set1_ps(delta), zero = _mm256_setzero_ps(), half = _mm256_set1_ps(0.5f);
+  __m256 acc[2] = {zero, zero};  // lanes 0..7 and 8..15
+  const size_t body = len & ~(size_t)15;
   for (size_t j = 0; j < body;) {
     const size_t end = body - j > kCheck ? j + kCheck : body;
-    for (; j < end; j += 8) {
-      const __m256 xv = _mm256_loadu_ps(x + j);
-      const __m256 y = _mm256_add_ps(vz, _mm256_mul_ps(level8(xv, vz, vi, vq), vd));
-      const __m256 e = _mm256_sub_ps(xv, y);
-      acc = _mm256_add_ps(acc, _mm256_mul_ps(e, e));
-    }
+    for (; j < end; j += 16)
+      for (int h = 0; h < 2; ++h) {
+        const __m256 t = _mm256_sub_ps(_mm256_loadu_ps(x + j + 8 * h), vz);
+        __m256 v = _mm256_max_ps(_mm256_mul_ps(t, vi), zero);  // NaN -> 0, as rtn_level
+        v = _mm256_min_ps(v, vq);
+        const __m256 lvl = _mm256_cvtepi32_ps(_mm256_cvttps_epi32(_mm256_add_ps(v, half)));
+        const __m256 e = _mm256_fnmadd_ps(lvl, vd, t);
+        acc[h] = _mm256_fmadd_ps(e, e, acc[h]);
+      }
     if (j < body) {  // a partial sum at least `stop`: the full sum is too
-      _mm256_store_ps(lanes, acc);
-      const float partial = combine(0.0f, lanes);
-      if (partial >= stop) return partial;
+      const float p = add_lanes16(0.0f, acc);
+      if (p >= stop) return p;
     }
   }
   float err = 0;
   for (size_t j = body; j < len; ++j) {
-    const float e = x[j] - (zmin + rtn_level(x[j], zmin, inv, qmax) * delta);
-    err += e * e;
+    const float e = rtn_residual(x[j], zmin, inv, qmax, delta);
+    err = std::fma(e, e, err);
   }
-  _mm256_store_ps(lanes, acc);
-  return combine(err, lanes);
+  return add_lanes16(err, acc);
 }
 
 // Sums of 8 double lanes held in two registers (lanes 0..3, 4..7), added to a tail
@@ -166,7 +171,9 @@ constexpr Kernels kAvx2 = {"avx2",       minmax_avx2,  rtn_error_avx2, rtn_dot_a
 
 }  // namespace
 
-const Kernels* avx2_kernels() { return __builtin_cpu_supports("avx2") ? &kAvx2 : nullptr; }
+const Kernels* avx2_kernels() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? &kAvx2 : nullptr;
+}
 
 }  // namespace loraquant
 

@@ -23,19 +23,19 @@ void minmax_ref(const float* x, size_t len, float* lo, float* hi) {
 
 float rtn_error_ref(const float* x, size_t len, float delta, float zmin, float qmax, float) {
   const float inv = delta > 0 ? 1.0f / delta : 0.0f;
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  const size_t body = len & ~(size_t)7;
-  for (size_t j = 0; j < body; j += 8)
-    for (size_t k = 0; k < 8; ++k) {
-      const float e = x[j + k] - (zmin + rtn_level(x[j + k], zmin, inv, qmax) * delta);
-      acc[k] += e * e;
+  float acc[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  const size_t body = len & ~(size_t)15;
+  for (size_t j = 0; j < body; j += 16)
+    for (size_t k = 0; k < 16; ++k) {
+      const float e = rtn_residual(x[j + k], zmin, inv, qmax, delta);
+      acc[k] = std::fma(e, e, acc[k]);
     }
   float err = 0;
   for (size_t j = body; j < len; ++j) {
-    const float e = x[j] - (zmin + rtn_level(x[j], zmin, inv, qmax) * delta);
-    err += e * e;
+    const float e = rtn_residual(x[j], zmin, inv, qmax, delta);
+    err = std::fma(e, e, err);
   }
-  for (size_t k = 0; k < 8; ++k) err += acc[k];
+  for (size_t k = 0; k < 16; ++k) err += acc[k];
   return err;
 }
 

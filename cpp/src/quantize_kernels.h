@@ -3,12 +3,15 @@
 // Every kernel fixes its summation order so that the SIMD versions give the same bits
 // as the reference: a group's leading multiple of 8 entries is summed in 8 lanes (lane
 // k takes the entries j with j % 8 == k), the remaining tail entries are summed first
-// in order, then lanes 0..7 are added to that in order. No fused multiply-add: the
-// library is built with -ffp-contract=off and the SIMD code uses separate mul and add.
+// in order, then lanes 0..7 are added to that in order; rtn_error does the same with 16
+// lanes and a multiple of 16. The library is built with -ffp-contract=off: a fused
+// multiply-add happens only where a kernel asks for one (rtn_error: std::fma in the
+// reference, the FMA instructions in the SIMD code), so both give the same bits.
 // tests (test_kernels.cpp, test_quantize.py) compare the two on awkward lengths.
 #ifndef LORAQUANT_QUANTIZE_KERNELS_H
 #define LORAQUANT_QUANTIZE_KERNELS_H
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -31,12 +34,18 @@ inline float rtn_level(float x, float zmin, float inv, float qmax) {
   return (float)(int32_t)(v + 0.5f);
 }
 
+// What rtn_error sums per entry: (x - zmin) - level * delta with one rounding (fused),
+// squared and added by a fused multiply-add. (The decoded value, zmin + level * delta,
+// rounds differently; the search only compares candidates by this error.)
+inline float rtn_residual(float x, float zmin, float inv, float qmax, float delta) {
+  return std::fma(-rtn_level(x, zmin, inv, qmax), delta, x - zmin);
+}
+
 struct Kernels {
   const char* name;  // "reference", "avx2"
   // Smallest and largest entry (len >= 1).
   void (*minmax)(const float* x, size_t len, float* lo, float* hi);
-  // Squared error sum (x - (zmin + level(x) * delta))^2 of one RTN group, level as
-  // rtn_level in quantize.cpp. Early exit: a fast kernel may stop once a partial sum
+  // Squared error sum of one RTN group: rtn_residual squared and summed as above. Early exit: a fast kernel may stop once a partial sum
   // reaches `stop` and return a value >= stop (it cannot be below the full sum's
   // value: rounded sums of non-negative terms only grow); the reference never stops.
   // With stop = INFINITY every kernel returns the full sum, bit for bit the same.
