@@ -53,10 +53,10 @@ Candidates::Candidates(Factors f, uint32_t group, bool range_search)
   }
   norm2_.assign((size_t)2 * f_.r, 0.0);
   const std::vector<double>& a_metric = f_.weighted() ? aw_ : f_.a;
+  using Vec = Eigen::Map<const Eigen::VectorXd>;
   for (uint32_t i = 0; i < f_.r; ++i) {
-    for (uint32_t j = 0; j < f_.m; ++j) norm2_[2 * i] += f_.b[(size_t)i * f_.m + j] * f_.b[(size_t)i * f_.m + j];
-    for (uint32_t j = 0; j < f_.n; ++j)
-      norm2_[2 * i + 1] += a_metric[(size_t)i * f_.n + j] * a_metric[(size_t)i * f_.n + j];
+    norm2_[2 * i] = Vec(f_.b.data() + (size_t)i * f_.m, f_.m).squaredNorm();
+    norm2_[2 * i + 1] = Vec(a_metric.data() + (size_t)i * f_.n, f_.n).squaredNorm();
   }
 }
 

@@ -97,9 +97,8 @@ std::shared_ptr<Candidates> prepare(const PairInput& p, const CompressOptions& o
   // Warm the cache with the candidates that finish() will most likely ask for: those
   // this pair's own allocation visits, a little above the budget. finish() shares
   // one budget over all pairs and runs serially, pairs run here in parallel. This
-  // changes no result, only where the encoding work is done: on the 7B-shaped
-  // adapter at 2 bits it leaves finish() 4 % of the encodings instead of a third,
-  // for 1 % more in all.
+  // changes no result, only where the encoding work is done (the allocator encodes
+  // a vector only when a move needs its exact error, see allocate.cpp).
   std::vector<Candidates*> one{c.get()};
   allocate_greedy(one, block_budget(one, o.bits + kWarmMarginBits), o.relative_balance);
   return c;
