@@ -36,10 +36,11 @@ void write_block(const float* x, size_t len, uint32_t width, uint64_t group, flo
 void decoded_dot(const float* x, const double* xe, size_t len, uint32_t width, uint64_t group,
                  float unit, const uint16_t* scales, double* dot, double* norm2);
 
-// The quantizer's inner loops run as SIMD kernels where the CPU has them (AVX2), else
-// as the scalar reference; both give the same bits. use_reference_kernels(true) forces
-// the reference (tests compare the two); kernels_name() says which set runs now:
-// "avx2" or "reference".
+// The quantizer's inner loops and the tall-matrix products of the SVD and the exact
+// error run as SIMD kernels where the CPU has them (AVX2 with FMA), else as the scalar
+// reference; both give the same bits (the reference fuses with std::fma where the SIMD
+// code does). use_reference_kernels(true) forces the reference (tests compare the
+// two); kernels_name() says which set runs now: "avx2" or "reference".
 void use_reference_kernels(bool on);
 const char* kernels_name();
 
