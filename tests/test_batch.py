@@ -356,3 +356,88 @@ def test_ray_on_a_local_cluster(capsys, ray, hub, tmp_path, compressed_one_by_on
     assert files_under(out) == OUTPUTS
     for name in HUB:
         assert (out / f"{name}.lqa").read_bytes() == compressed_one_by_one["2", name], name
+
+
+# --- output-aware: one calibration file for every adapter of a base -------------------
+
+CAL_HUB = {"a": "llama_patterns", "team/c": "llama_rslora"}
+
+
+@pytest.fixture(scope="module")
+def calibrated_hub(tmp_path_factory):
+    """(ROOT with two adapters of the same Llama base, the base's .lqc, the bytes
+    `loraquant compress --calibration` writes for each)."""
+    root = tmp_path_factory.mktemp("calhub")
+    for name, kind in CAL_HUB.items():
+        F.save_adapter(kind, root / name)
+    cal = loraquant.calibrate(F.llama(), [F.tokens(seed=s) for s in range(3)], progress=False,
+                              base="tiny-llama")
+    lqc = root.parent / "base.lqc"
+    cal.save(lqc)
+    single = tmp_path_factory.mktemp("calsingle")
+    expected = {}
+    for name in CAL_HUB:
+        path = single / (name.replace("/", "_") + ".lqa")
+        assert cli.main(["compress", str(root / name), str(path), "--calibration", str(lqc),
+                         "--quiet"]) == 0
+        expected[name] = path.read_bytes()
+    return root, lqc, expected
+
+
+def test_batch_with_a_calibration_writes_what_compress_writes(calibrated_hub, tmp_path):
+    root, lqc, expected = calibrated_hub
+    for i, cal in enumerate([lqc, str(lqc), loraquant.Calibration.load(lqc)]):
+        out = tmp_path / f"out{i}"
+        report = loraquant.compress_many(root, out, calibration=cal, workers=2)
+        assert report.ok and len(report.done) == 2
+        for name in CAL_HUB:
+            data = (out / f"{name}.lqa").read_bytes()
+            assert data == expected[name], name
+            assert loraquant.load(out / f"{name}.lqa").options["calibration"] == "tiny-llama"
+
+
+def test_batch_calibration_is_part_of_the_resume_record(calibrated_hub, tmp_path):
+    root, lqc, _ = calibrated_hub
+    out = tmp_path / "out"
+    assert len(loraquant.compress_many(root, out).done) == 2  # data-free first
+    again = loraquant.compress_many(root, out, calibration=lqc)
+    assert len(again.done) == 2 and not again.skipped  # other options: compressed again
+    assert len(loraquant.compress_many(root, out, calibration=lqc).skipped) == 2
+    assert len(loraquant.compress_many(root, out).done) == 2  # and back
+
+
+def test_batch_calibration_errors(capsys, calibrated_hub, tmp_path):
+    root, lqc, _ = calibrated_hub
+    with pytest.raises(ValueError, match="with ray, give the calibration as the path"):
+        loraquant.compress_many(root, tmp_path / "o1", ray="local",
+                                calibration=loraquant.Calibration.load(lqc))
+    with pytest.raises(TypeError, match="calibration must be a Calibration or the path"):
+        loraquant.compress_many(root, tmp_path / "o2", calibration=3)
+    bad = tmp_path / "bad.lqc"
+    bad.write_bytes(b"\0" * 40)
+    for path in (bad, tmp_path / "missing.lqc"):
+        status, _, err = run_main(capsys, "batch", root, tmp_path / "o3", "--calibration", path,
+                                  "--quiet")
+        assert status == cli.EXIT_ERROR and err.startswith("loraquant batch: error:"), err
+        assert len(err.strip().splitlines()) == 1 and path.name in err
+        assert not (tmp_path / "o3").exists() or not any((tmp_path / "o3").iterdir())
+
+
+def test_cli_batch_with_a_calibration(capsys, calibrated_hub, tmp_path):
+    root, lqc, expected = calibrated_hub
+    status, out, err = run_main(capsys, "batch", root, tmp_path / "out", "--calibration", lqc,
+                                "--quiet")
+    assert status == 0, err
+    assert "done     2 compressed" in out
+    for name in CAL_HUB:
+        assert (tmp_path / "out" / f"{name}.lqa").read_bytes() == expected[name]
+
+
+def test_ray_with_a_calibration_file(capsys, ray, calibrated_hub, tmp_path):
+    root, lqc, expected = calibrated_hub
+    status, out, err = run_main(capsys, "batch", root, tmp_path / "out", "--calibration", lqc,
+                                "--ray", "local", "--workers", "2", "--quiet")
+    assert not ray.is_initialized()
+    assert status == 0, err
+    for name in CAL_HUB:
+        assert (tmp_path / "out" / f"{name}.lqa").read_bytes() == expected[name]

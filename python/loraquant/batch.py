@@ -12,6 +12,12 @@ CRC-32, every module header checked) and records the same compression options
 options or by a loraquant that did not record them, is compressed again. A change of
 the source is not detected: delete the output to redo it.
 
+With a calibration (a .lqc file of the adapters' base model, `loraquant calibrate`),
+every adapter is compressed output-aware, as `loraquant compress --calibration` does;
+the file is read once per process (Ray: once per worker, from its path, so it must be
+on storage every worker reads) and its base name is part of the options an output
+records, so outputs made without it (or with another base's) are compressed again.
+
 A broken adapter becomes a failed Outcome with a one-line message and the others go
 on. Adapters run one after another (workers=1), on a pool of `workers` threads (the
 C++ core releases the GIL; bench/batch_bench.py measured threads against processes),
@@ -20,6 +26,7 @@ or as Ray tasks (loraquant.ray_batch, imported only then).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -27,11 +34,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._api import MAX_THREADS, _progress, resolve_options
+from ._api import MAX_THREADS, _progress, default_refit, resolve_options
 from ._core import FormatError
 from . import _validate as V
 from .adapter_file import load
-from .peft_io import BIN_FILE, CONFIG_FILE, SAFETENSORS_FILE, compress_peft_file
+from .calibration import Calibration
+from .peft_io import BIN_FILE, CONFIG_FILE, SAFETENSORS_FILE, _record, compress_peft_file
 
 SUFFIX = ".lqa"
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -45,7 +53,8 @@ class Job:
     name: str            # path relative to ROOT, '/'-separated
     source: str          # the adapter folder
     output: str          # OUT/<name>.lqa
-    options: dict        # keyword options of compress_peft
+    options: dict        # keyword options of compress_peft ("calibration": a .lqc path,
+                         # or a Calibration when the job runs in this process)
     record: dict         # what the output must record to count as up to date
     threads: int | None  # threads inside the adapter (None: one per CPU)
 
@@ -121,15 +130,39 @@ def find_adapters(root, out=None) -> list[str]:
     return sorted(found)
 
 
-def plan(root, out, *, threads=None, **options) -> list[Job]:
-    """One Job per adapter under `root`; options as compress_peft, checked here once."""
-    record = resolve_options(**options).record()
+def plan(root, out, *, threads=None, calibration=None, **options) -> list[Job]:
+    """One Job per adapter under `root`; options as compress_peft, checked here once.
+    calibration: None, a Calibration, or the path of a .lqc file (read here once to
+    check it and name its base in the record)."""
+    cal = _calibration(calibration)
+    refit = default_refit(options.pop("refit_rounds", None), cal, options.get("rho"))
+    record = _record(resolve_options(refit_rounds=refit, **options), cal)
+    if cal is not None:
+        options = dict(options, calibration=calibration, refit_rounds=refit)
     names = find_adapters(root, out)
     if not names:
         raise ValueError(f"{root}: no folder under it holds {CONFIG_FILE}")
     return [Job(name, os.path.abspath(os.path.join(root, name)),
                 os.path.abspath(os.path.join(out, name + SUFFIX)), options, record, threads)
             for name in names]
+
+
+def _calibration(calibration):
+    """A Calibration from None, a Calibration or the path of a .lqc file."""
+    if calibration is None or isinstance(calibration, Calibration):
+        return calibration
+    if not isinstance(calibration, (str, os.PathLike)):
+        raise TypeError(f"calibration must be a Calibration or the path of a .lqc file, "
+                        f"got {type(calibration).__name__}")
+    st = os.stat(calibration)
+    return _load_calibration(os.path.abspath(calibration), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_calibration(path: str, size: int, mtime_ns: int) -> Calibration:
+    """Calibration.load, once per file version in this process (size and mtime are
+    part of the key, so a rewritten file is read again)."""
+    return Calibration.load(path)
 
 
 # --- one adapter --------------------------------------------------------------------
@@ -162,7 +195,10 @@ def run_job(job: Job) -> Outcome:
             return Outcome(job.name, job.output, SKIPPED, before,
                            os.path.getsize(job.output), time.perf_counter() - t0)
         os.makedirs(os.path.dirname(job.output), exist_ok=True)
-        compress_peft_file(job.source, job.output, threads=job.threads, **job.options)
+        options = dict(job.options)
+        if "calibration" in options:
+            options["calibration"] = _calibration(options["calibration"])
+        compress_peft_file(job.source, job.output, threads=job.threads, **options)
         return Outcome(job.name, job.output, DONE, before, os.path.getsize(job.output),
                        time.perf_counter() - t0)
     except LIBRARY_ERRORS as e:
@@ -198,12 +234,14 @@ def run_local(jobs: list[Job], workers: int, on_outcome: Callable[[Outcome], Non
 
 
 def compress_many(root, out, *, bits=None, rho=None, high_bits=None, group_size=128,
-                  workers=None, ray=None, progress=False,
+                  calibration=None, workers=None, ray=None, progress=False,
                   on_outcome: Callable[[Outcome], None] | None = None) -> BatchReport:
     """Compress every PEFT adapter folder under `root` into `out` (see the module
     docstring for names, resuming and failures) and return a BatchReport.
 
-    Options as compress_peft. workers: adapters compressed at once (default 1; each
+    Options as compress_peft; calibration: a Calibration or the path of a .lqc file
+    of the adapters' base model (with ray: a path, on storage the workers read).
+    workers: adapters compressed at once (default 1; each
     gets cpus // workers threads of its own). ray: None runs here; "local" starts a
     local Ray cluster of `workers` CPUs (default all) for the job; any other string
     is the address of an existing cluster ("auto": the one this machine belongs to),
@@ -214,10 +252,15 @@ def compress_many(root, out, *, bits=None, rho=None, high_bits=None, group_size=
         workers = V.integer(workers, "workers", 1, MAX_THREADS)
     if ray is not None and (not isinstance(ray, str) or not ray):
         raise ValueError(f"ray must be None, 'local' or a cluster address, got {ray!r}")
+    if ray is not None and isinstance(calibration, Calibration):
+        raise ValueError("with ray, give the calibration as the path of its .lqc file "
+                         "(on storage every worker reads), not as a Calibration")
     options = dict(bits=bits, rho=rho, high_bits=high_bits, group_size=group_size)
     n_local = workers or 1
     threads = 1 if ray is not None else max(1, cpus() // n_local)
-    jobs = plan(root, out, threads=threads, **options)
+    if ray is None and calibration is not None:
+        calibration = _calibration(calibration)  # read once, shared by the threads
+    jobs = plan(root, out, threads=threads, calibration=calibration, **options)
     os.makedirs(out, exist_ok=True)
 
     t0 = time.perf_counter()

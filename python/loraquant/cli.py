@@ -3,7 +3,8 @@
     loraquant compress ADAPTER_DIR OUT [--bits 2 | --rho R [--high-bits H]] [--group-size G]
                        [--calibration BASE.lqc]
     loraquant calibrate BASE_DIR --data FILE -o BASE.lqc [--samples N] [--seq-len L]
-    loraquant batch ROOT OUT [compress options] [--workers N] [--ray [ADDRESS|local]]
+    loraquant batch ROOT OUT [compress options] [--calibration BASE.lqc] [--workers N]
+                    [--ray [ADDRESS|local]]
     loraquant inspect FILE [--plot OUT.png] [--probe]
     loraquant export FILE OUT_DIR [--dtype float32] [--force]
 
@@ -41,10 +42,15 @@ def add_compress(sub) -> None:
                                        "adapter_model.safetensors (or .bin)")
     p.add_argument("out", help="the compressed file to write")
     add_compress_options(p)
-    p.add_argument("--calibration", metavar="LQC", help="statistics of the base model "
-                   "(`loraquant calibrate`): minimise the error at the layers' outputs")
+    add_calibration_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_compress)
+
+
+def add_calibration_option(p, more: str = "") -> None:
+    p.add_argument("--calibration", metavar="LQC", help="statistics of the base model "
+                   "(`loraquant calibrate`): minimise the error at the layers' outputs"
+                   + more)
 
 
 def add_compress_options(p) -> None:
@@ -199,6 +205,7 @@ def add_batch(sub) -> None:
     p.add_argument("root", help="the folder to search for adapters")
     p.add_argument("out", help="the folder to write the .lqa files to")
     add_compress_options(p)
+    add_calibration_option(p, " (every adapter must be of that base)")
     p.add_argument("--workers", type=int, help="adapters compressed at once (default 1; "
                    "with --ray: tasks in flight, and the CPUs of a local cluster)")
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS|local",
@@ -217,8 +224,8 @@ def run_batch(args) -> int:
             _write_line(f"loraquant batch: error: {outcome.name}: {outcome.error}")
 
     report = compress_many(args.root, args.out, workers=args.workers, ray=args.ray,
-                           progress=not args.quiet, on_outcome=report_failure,
-                           **compress_options(args))
+                           calibration=args.calibration, progress=not args.quiet,
+                           on_outcome=report_failure, **compress_options(args))
     print(batch_summary(report, args.root, args.out))
     return 0 if report.ok else EXIT_ERROR
 
