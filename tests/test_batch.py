@@ -441,3 +441,11 @@ def test_ray_with_a_calibration_file(capsys, ray, calibrated_hub, tmp_path):
     assert status == 0, err
     for name in CAL_HUB:
         assert (tmp_path / "out" / f"{name}.lqa").read_bytes() == expected[name]
+
+
+def test_plan_sends_the_calibration_as_an_absolute_path(calibrated_hub, monkeypatch):
+    root, lqc, _ = calibrated_hub
+    monkeypatch.chdir(lqc.parent)
+    jobs = batch.plan(root, root.parent / "out", calibration=lqc.name)
+    assert {job.options["calibration"] for job in jobs} == {str(lqc)}
+    assert all(job.record["calibration"] == "tiny-llama" for job in jobs)

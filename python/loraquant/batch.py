@@ -137,8 +137,9 @@ def plan(root, out, *, threads=None, calibration=None, **options) -> list[Job]:
     cal = _calibration(calibration)
     refit = default_refit(options.pop("refit_rounds", None), cal, options.get("rho"))
     record = _record(resolve_options(refit_rounds=refit, **options), cal)
-    if cal is not None:
-        options = dict(options, calibration=calibration, refit_rounds=refit)
+    if cal is not None:  # a path travels as an absolute one (Ray workers' cwd differ)
+        keep = cal if isinstance(calibration, Calibration) else os.path.abspath(calibration)
+        options = dict(options, calibration=keep, refit_rounds=refit)
     names = find_adapters(root, out)
     if not names:
         raise ValueError(f"{root}: no folder under it holds {CONFIG_FILE}")
