@@ -449,3 +449,34 @@ def test_plan_sends_the_calibration_as_an_absolute_path(calibrated_hub, monkeypa
     jobs = batch.plan(root, root.parent / "out", calibration=lqc.name)
     assert {job.options["calibration"] for job in jobs} == {str(lqc)}
     assert all(job.record["calibration"] == "tiny-llama" for job in jobs)
+
+
+def test_damping_is_passed_recorded_and_part_of_the_resume_record(capsys, calibrated_hub,
+                                                                   tmp_path):
+    root, lqc, expected = calibrated_hub
+    single = tmp_path / "single.lqa"
+    status, _, err = run_main(capsys, "compress", root / "a", single, "--calibration", lqc,
+                              "--damping", "0.2", "--quiet")
+    assert status == 0, err
+    assert single.read_bytes() != expected["a"]  # another ridge, another result
+    assert loraquant.load(single).options["damping"] == 0.2
+    out = tmp_path / "out"
+    status, _, err = run_main(capsys, "batch", root, out, "--calibration", lqc, "--damping",
+                              "0.2", "--quiet")
+    assert status == 0, err
+    assert (out / "a.lqa").read_bytes() == single.read_bytes()
+    assert len(loraquant.compress_many(root, out, calibration=lqc, damping=0.2).skipped) == 2
+    assert len(loraquant.compress_many(root, out, calibration=lqc).done) == 2  # default again
+    assert (out / "a.lqa").read_bytes() == expected["a"]
+    assert "damping" not in loraquant.load(out / "a.lqa").options
+
+
+def test_damping_errors(capsys, calibrated_hub, tmp_path):
+    root, lqc, _ = calibrated_hub
+    for cmd in (["compress", root / "a", tmp_path / "x.lqa"], ["batch", root, tmp_path / "o"]):
+        status, _, err = run_main(capsys, *cmd, "--damping", "0.2", "--quiet")
+        assert status == cli.EXIT_ERROR and "--damping applies to output-aware" in err, err
+        assert len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="damping"):
+        loraquant.compress_many(root, tmp_path / "o2", calibration=lqc, damping=-1.0)
+    assert not (tmp_path / "o2").exists()

@@ -39,6 +39,10 @@ class Options:
                     refit_rounds=self.refit_rounds)
 
 
+#: ridge of the calibrated metric, as a share of trace(H) / n (compress_adapter)
+DEFAULT_DAMPING = 0.01
+
+
 def resolve_options(bits=None, rho=None, high_bits=None, group_size=128,
                     range_search=True, refit_rounds=None) -> Options:
     """Check every option and pick the mode: `rho` selects paper mode, else budget mode."""
@@ -204,7 +208,7 @@ def compress(A, B, *, bits=None, rho=None, high_bits=None, group_size=128,
 
 def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=128,
                      balance="relative", progress=False, threads=None, calibration=None,
-                     damping=0.01, refit_rounds=None) -> dict:
+                     damping=DEFAULT_DAMPING, refit_rounds=None) -> dict:
     """Compress every module of an adapter under one budget.
 
     `pairs` maps a module name to (A, B, scaling). In budget mode one average budget of

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._api import MAX_THREADS, _progress, default_refit, resolve_options
+from ._api import DEFAULT_DAMPING, MAX_THREADS, _progress, default_refit, resolve_options
 from ._core import FormatError
 from . import _validate as V
 from .adapter_file import load
@@ -130,16 +130,18 @@ def find_adapters(root, out=None) -> list[str]:
     return sorted(found)
 
 
-def plan(root, out, *, threads=None, calibration=None, **options) -> list[Job]:
+def plan(root, out, *, threads=None, calibration=None, damping=DEFAULT_DAMPING,
+         **options) -> list[Job]:
     """One Job per adapter under `root`; options as compress_peft, checked here once.
     calibration: None, a Calibration, or the path of a .lqc file (read here once to
     check it and name its base in the record)."""
     cal = _calibration(calibration)
+    damping = V.real(damping, "damping", 1e-12, 1e6)
     refit = default_refit(options.pop("refit_rounds", None), cal, options.get("rho"))
-    record = _record(resolve_options(refit_rounds=refit, **options), cal)
+    record = _record(resolve_options(refit_rounds=refit, **options), cal, damping)
     if cal is not None:  # a path travels as an absolute one (Ray workers' cwd differ)
         keep = cal if isinstance(calibration, Calibration) else os.path.abspath(calibration)
-        options = dict(options, calibration=keep, refit_rounds=refit)
+        options = dict(options, calibration=keep, damping=damping, refit_rounds=refit)
     names = find_adapters(root, out)
     if not names:
         raise ValueError(f"{root}: no folder under it holds {CONFIG_FILE}")
@@ -235,13 +237,15 @@ def run_local(jobs: list[Job], workers: int, on_outcome: Callable[[Outcome], Non
 
 
 def compress_many(root, out, *, bits=None, rho=None, high_bits=None, group_size=128,
-                  calibration=None, workers=None, ray=None, progress=False,
+                  calibration=None, damping=DEFAULT_DAMPING, workers=None, ray=None,
+                  progress=False,
                   on_outcome: Callable[[Outcome], None] | None = None) -> BatchReport:
     """Compress every PEFT adapter folder under `root` into `out` (see the module
     docstring for names, resuming and failures) and return a BatchReport.
 
     Options as compress_peft; calibration: a Calibration or the path of a .lqc file
-    of the adapters' base model (with ray: a path, on storage the workers read).
+    of the adapters' base model (with ray: a path, on storage the workers read), and
+    damping its ridge (see compress_adapter).
     workers: adapters compressed at once (default 1; each
     gets cpus // workers threads of its own). ray: None runs here; "local" starts a
     local Ray cluster of `workers` CPUs (default all) for the job; any other string
@@ -261,7 +265,7 @@ def compress_many(root, out, *, bits=None, rho=None, high_bits=None, group_size=
     threads = 1 if ray is not None else max(1, cpus() // n_local)
     if ray is None and calibration is not None:
         calibration = _calibration(calibration)  # read once, shared by the threads
-    jobs = plan(root, out, threads=threads, calibration=calibration, **options)
+    jobs = plan(root, out, threads=threads, calibration=calibration, damping=damping, **options)
     os.makedirs(out, exist_ok=True)
 
     t0 = time.perf_counter()

@@ -1,10 +1,10 @@
 """The `loraquant` command (also `python -m loraquant`).
 
     loraquant compress ADAPTER_DIR OUT [--bits 2 | --rho R [--high-bits H]] [--group-size G]
-                       [--calibration BASE.lqc]
+                       [--calibration BASE.lqc [--damping D]]
     loraquant calibrate BASE_DIR --data FILE -o BASE.lqc [--samples N] [--seq-len L]
-    loraquant batch ROOT OUT [compress options] [--calibration BASE.lqc] [--workers N]
-                    [--ray [ADDRESS|local]]
+    loraquant batch ROOT OUT [compress options] [--calibration BASE.lqc [--damping D]]
+                    [--workers N] [--ray [ADDRESS|local]]
     loraquant inspect FILE [--plot OUT.png] [--probe]
     loraquant export FILE OUT_DIR [--dtype float32] [--force]
 
@@ -26,6 +26,7 @@ import sys
 from ._closed_pipe import EXIT_CLOSED_PIPE, tolerate_closed_stdout
 from ._core import FormatError
 from .adapter_file import load
+from ._api import DEFAULT_DAMPING
 from .peft_io import EXPORT_DTYPES, LORA_BIAS, PREFIX, compress_peft_file, export_peft
 
 EXIT_ERROR = 1
@@ -51,6 +52,16 @@ def add_calibration_option(p, more: str = "") -> None:
     p.add_argument("--calibration", metavar="LQC", help="statistics of the base model "
                    "(`loraquant calibrate`): minimise the error at the layers' outputs"
                    + more)
+    p.add_argument("--damping", type=float, help="with --calibration: the ridge added to "
+                   "the inputs' second moment H, as a share of trace(H) / n (default 0.01)")
+
+
+def calibration_options(args) -> dict:
+    """calibration (a path or None) and damping, checked together."""
+    if args.damping is not None and not args.calibration:
+        raise ValueError("--damping applies to output-aware compression: give --calibration too")
+    return dict(calibration=args.calibration,
+                damping=DEFAULT_DAMPING if args.damping is None else args.damping)
 
 
 def add_compress_options(p) -> None:
@@ -71,12 +82,12 @@ def compress_options(args) -> dict:
 
 
 def run_compress(args) -> int:
-    calibration = None
-    if args.calibration:
+    cal = calibration_options(args)
+    if cal["calibration"]:
         from .calibration import Calibration
-        calibration = Calibration.load(args.calibration)
+        cal["calibration"] = Calibration.load(cal["calibration"])
     src, adapter = compress_peft_file(args.adapter_dir, args.out, progress=not args.quiet,
-                                      calibration=calibration, **compress_options(args))
+                                      **cal, **compress_options(args))
     print(compress_summary(src, adapter, os.path.getsize(args.out), args.out))
     return 0
 
@@ -224,8 +235,8 @@ def run_batch(args) -> int:
             _write_line(f"loraquant batch: error: {outcome.name}: {outcome.error}")
 
     report = compress_many(args.root, args.out, workers=args.workers, ray=args.ray,
-                           calibration=args.calibration, progress=not args.quiet,
-                           on_outcome=report_failure, **compress_options(args))
+                           progress=not args.quiet, on_outcome=report_failure,
+                           **calibration_options(args), **compress_options(args))
     print(batch_summary(report, args.root, args.out))
     return 0 if report.ok else EXIT_ERROR
 

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._api import compress_adapter, default_refit, resolve_options
+from ._api import DEFAULT_DAMPING, compress_adapter, default_refit, resolve_options
 from .adapter_file import CompressedAdapter, load, save
 
 PREFIX = "base_model.model."
@@ -210,31 +210,36 @@ def read_peft_dir(path) -> PeftSource:
 
 
 def compress_peft(source, *, bits=None, rho=None, high_bits=None, group_size=128,
-                  progress=False, threads=None, calibration=None,
+                  progress=False, threads=None, calibration=None, damping=DEFAULT_DAMPING,
                   refit_rounds=None) -> CompressedAdapter:
     """Compress a PEFT LoRA adapter directory (or a PeftSource) under one budget.
 
     Options as loraquant.compress_adapter (calibration: a loraquant.Calibration of the
-    base model, for output-aware compression). The result keeps the adapter config, the
-    per-module scalings, every non-LoRA tensor (as extras) and the options (recorded
-    in the file by save).
+    base model, for output-aware compression, with its damping). The result keeps the
+    adapter config, the per-module scalings, every non-LoRA tensor (as extras) and the
+    options (recorded in the file by save; a damping other than the default is recorded
+    with a calibration).
     """
     options = resolve_options(bits=bits, rho=rho, high_bits=high_bits, group_size=group_size,
                               refit_rounds=default_refit(refit_rounds, calibration, rho))
     src = source if isinstance(source, PeftSource) else read_peft_dir(source)
     modules = compress_adapter(src.pairs, bits=bits, rho=rho, high_bits=high_bits,
                                group_size=group_size, progress=progress, threads=threads,
-                               calibration=calibration, refit_rounds=options.refit_rounds)
+                               calibration=calibration, damping=damping,
+                               refit_rounds=options.refit_rounds)
     return CompressedAdapter(modules, peft_config=src.config, extras=src.extras,
                              scalings={name: s for name, (_, _, s) in src.pairs.items()},
-                             options=_record(options, calibration))
+                             options=_record(options, calibration, damping))
 
 
-def _record(options, calibration) -> dict:
-    """The options a file records; a calibrated compression also names its base."""
+def _record(options, calibration, damping=DEFAULT_DAMPING) -> dict:
+    """The options a file records; a calibrated compression also names its base, and
+    its damping when that is not the default."""
     rec = options.record()
     if calibration is not None:
         rec["calibration"] = calibration.base or "unnamed base"
+        if damping != DEFAULT_DAMPING:
+            rec["damping"] = float(damping)
     return rec
 
 
