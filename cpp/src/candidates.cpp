@@ -15,6 +15,12 @@ namespace loraquant {
 
 namespace {
 constexpr double kMaxFactor = 1267650600228229401496703205376.0;  // 2^100
+// L^T X for the calibrated metric L (n x n, lower triangular) of f.
+template <class X_t>
+typename X_t::PlainObject lt_times(const Factors& f, const X_t& X) {
+  Eigen::Map<const Eigen::MatrixXd> L(f.metric.data(), f.n, f.n);
+  return L.transpose().triangularView<Eigen::Upper>() * X;
+}
 // Smallest shift s with group << s >= len: one group for the whole vector.
 uint32_t whole_shift(uint32_t len, uint32_t group) {
   uint32_t s = 0;
@@ -61,10 +67,7 @@ Candidates::Candidates(Factors f, uint32_t group, bool range_search)
 }
 
 void Candidates::whiten(const double* x, double* out) const {
-  const Eigen::Index n = f_.n;
-  Eigen::Map<const Eigen::MatrixXd> L(f_.metric.data(), n, n);
-  Eigen::Map<Eigen::VectorXd>(out, n) =
-      L.transpose().triangularView<Eigen::Upper>() * Eigen::Map<const Eigen::VectorXd>(x, n);
+  Eigen::Map<Eigen::VectorXd>(out, f_.n) = lt_times(f_, Eigen::Map<const Eigen::VectorXd>(x, f_.n));
 }
 
 bool Candidates::option_distinct(uint32_t k) const {
@@ -183,16 +186,17 @@ void Candidates::decoded(std::vector<float>& b_hat, std::vector<float>& a_hat) c
 double relative_error(const Factors& f, const std::vector<float>& bh, const std::vector<float>& ah,
                       bool output) {
   using M = Eigen::MatrixXd;
-  Eigen::Map<const M> B(f.b.data(), f.m, f.r);
-  M A = Eigen::Map<const M>(f.a.data(), f.n, f.r);
+  Eigen::Map<const M> B(f.b.data(), f.m, f.r), A0(f.a.data(), f.n, f.r);
   M Bh = Eigen::Map<const Eigen::MatrixXf>(bh.data(), f.m, f.r).cast<double>();
   M Ah = Eigen::Map<const Eigen::MatrixXf>(ah.data(), f.n, f.r).cast<double>();
   double xx = 0;
-  if (f.weighted() && output) {  // everything through L: A -> L^T A
-    Eigen::Map<const M> L(f.metric.data(), f.n, f.n);
-    A = L.transpose().triangularView<Eigen::Upper>() * A;
-    Ah = L.transpose().triangularView<Eigen::Upper>() * Ah;
+  const bool through_l = f.weighted() && output;  // everything through L: A -> L^T A
+  M Aw;
+  if (through_l) {
+    Aw = lt_times(f, A0);
+    Ah = lt_times(f, Ah);
   }
+  const Eigen::Ref<const M> A = through_l ? Eigen::Ref<const M>(Aw) : Eigen::Ref<const M>(A0);
   if (f.weighted() && !output)  // calibrated factors are not orthogonal in the input basis
     xx = (gram(B).cwiseProduct(gram(A))).sum();
   else
@@ -222,8 +226,7 @@ uint32_t Candidates::refit(uint32_t rounds) {
   auto hmul = [&](const M& Q) -> M {
     if (!out) return Q;
     Eigen::Map<const M> L(f_.metric.data(), n, n);
-    M t = L.transpose().triangularView<Eigen::Upper>() * Q;
-    return L.triangularView<Eigen::Lower>() * t;
+    return L.triangularView<Eigen::Lower>() * lt_times(f_, Q);
   };
   // Least squares for the other factor: X = P Q^T with Q fixed -> P = X HQ (Q^T HQ)^-1,
   // HQ = Q for A given B_hat (the metric acts on the input side only).

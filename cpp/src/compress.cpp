@@ -60,6 +60,26 @@ int64_t block_budget(const std::vector<Candidates*>& cands, double bits) {
   return (int64_t)std::floor(bits * weights / 8.0 - fixed);
 }
 
+// fn(k) for every pair k on OpenMP threads (exceptions cannot leave a parallel
+// region): after all ran, the first failure by index is thrown as invalid_argument,
+// its message prefixed with "pair k: " when `name` and there is more than one pair.
+template <class Fn>
+void for_each_pair(size_t np, bool name, Fn fn) {
+  std::vector<std::string> errors(np);
+#pragma omp parallel for schedule(dynamic) if (np > 1)
+  for (long k = 0; k < (long)np; ++k) {
+    try {
+      fn((size_t)k);
+    } catch (const std::exception& e) {
+      errors[k] = e.what();
+    }
+  }
+  for (size_t k = 0; k < np; ++k)
+    if (!errors[k].empty())
+      throw std::invalid_argument(name && np > 1 ? "pair " + std::to_string(k) + ": " + errors[k]
+                                                 : errors[k]);
+}
+
 Compressed finish_one(Candidates& c, const std::vector<Config>& cfg, const CompressOptions& o) {
   c.select(cfg);
   c.refit(o.refit_rounds);
@@ -121,37 +141,16 @@ std::vector<Compressed> finish(const std::vector<Candidates*>& cands, const Comp
     cfg = allocate_greedy(ptrs, block_budget(ptrs, o.bits), o.relative_balance);
   }
   std::vector<Compressed> out(np);
-  std::vector<std::string> errors(np);
-#pragma omp parallel for schedule(dynamic) if (np > 1)
-  for (long k = 0; k < (long)np; ++k) {
-    try {
-      out[k] = finish_one(*cands[k], cfg[k], o);
-    } catch (const std::exception& e) {
-      errors[k] = e.what();
-    }
-  }
-  for (size_t k = 0; k < np; ++k)
-    if (!errors[k].empty()) throw std::invalid_argument(errors[k]);
+  for_each_pair(np, false, [&](size_t k) { out[k] = finish_one(*cands[k], cfg[k], o); });
   return out;
 }
 
 std::vector<Compressed> compress_many(const std::vector<PairInput>& in, const CompressOptions& o) {
   check_options(o);
   for (const PairInput& p : in) check_pair(p);
-  const long np = (long)in.size();
-  std::vector<std::shared_ptr<Candidates>> cands(in.size());
-  std::vector<std::string> errors(in.size());
-#pragma omp parallel for schedule(dynamic) if (np > 1)
-  for (long k = 0; k < np; ++k) {
-    try {
-      cands[k] = prepare(in[k], o, np > 1);
-    } catch (const std::exception& e) {
-      errors[k] = e.what();
-    }
-  }
-  for (long k = 0; k < np; ++k)
-    if (!errors[k].empty())
-      throw std::invalid_argument(np > 1 ? "pair " + std::to_string(k) + ": " + errors[k] : errors[k]);
+  const size_t np = in.size();
+  std::vector<std::shared_ptr<Candidates>> cands(np);
+  for_each_pair(np, true, [&](size_t k) { cands[k] = prepare(in[k], o, np > 1); });
   std::vector<Candidates*> ptrs;
   for (auto& c : cands) ptrs.push_back(c.get());
   return finish(ptrs, o);
