@@ -287,9 +287,7 @@ def compress_adapter(pairs, *, bits=None, rho=None, high_bits=None, group_size=1
     if calibration is not None:
         from .calibration import output_error
         for name, A, B, s in items:
-            h = moments.get(name)
-            if h is None:
-                h = calibration.moment(name)
+            h = moments.get(name)  # _moments holds every module the calibration covers
             if h is not None:
                 a, b = V.lora_pair(A, B)
                 ah, bh = out[name]._m.dequantize()
