@@ -214,11 +214,11 @@ void decode_vector(const uint8_t* block, size_t len, uint32_t width, uint64_t gr
     size_t gi = j / group;
     uint32_t c = lq_get_code(words, j, width);
     if (width == 1) {
-      float a = lq_half_to_float(scales[gi]) * unit;
+      const float a = stored_scale(scales[gi], unit);
       out[j] = c ? a : -a;
     } else {
-      float delta = lq_half_to_float(scales[2 * gi]) * unit;
-      float zmin = lq_half_to_float(scales[2 * gi + 1]) * unit;
+      const float delta = stored_scale(scales[2 * gi], unit);
+      const float zmin = stored_scale(scales[2 * gi + 1], unit);
       out[j] = zmin + (float)c * delta;
     }
   }

@@ -124,7 +124,7 @@ LQ_AVX2FMA void trsm_upper_avx2(double* X, size_t ldx, size_t m, size_t p, const
   if (t < m) reference_tall_kernels().trsm_upper(X + t, ldx, m - t, p, R, ldr);
 }
 
-constexpr TallKernels kAvx2 = {"avx2", tn_avx2, nn_avx2, trsm_upper_avx2};
+constexpr TallKernels kAvx2 = {tn_avx2, nn_avx2, trsm_upper_avx2};
 
 }  // namespace
 

@@ -47,7 +47,7 @@ void trsm_upper_ref(double* X, size_t ldx, size_t m, size_t p, const double* R, 
     }
 }
 
-constexpr TallKernels kReference = {"reference", tn_ref, nn_ref, trsm_upper_ref};
+constexpr TallKernels kReference = {tn_ref, nn_ref, trsm_upper_ref};
 
 }  // namespace
 

@@ -19,7 +19,6 @@
 namespace loraquant {
 
 struct TallKernels {
-  const char* name;  // "reference", "avx2"
   // C (p x q, leading dimension p) = X^T Y, X: m x p, Y: m x q. With `sym` (X == Y,
   // p == q) only j >= i is computed and mirrored.
   void (*tn)(const double* X, size_t ldx, const double* Y, size_t ldy, size_t m, size_t p,
